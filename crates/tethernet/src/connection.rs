@@ -1,0 +1,426 @@
+//! The connection task: one per connection, on its event loop.
+//!
+//! ```text
+//!   readable ─▶ read buffer ─▶ codec.decode ─▶ stages.read ─┐   (one frame at a time, in order)
+//!                                                           ▼
+//!   socket ◀─ try_write ◀─ write buffer ◀─ codec.encode ◀─ ctx.write on this thread
+//!                                      ◀─ codec.encode ◀─ outbound queue ◀─ Channel::write elsewhere
+//! ```
+//!
+//! Bounds enforced here (G3): a frame is decoded only when the stages can take it (an
+//! executor's full queue stops decoding, and so reading); the socket is read only while
+//! the write buffer is under its high watermark (a peer that does not read stops being
+//! read from); the outbound queue is capped in bytes. Memory while idle: the read buffer is
+//! released whenever it holds no partial frame, and the write buffer whenever it is empty.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{Channel, ChannelId, ChannelShared};
+use crate::error::{Error, Result};
+use crate::pipeline::context::{DirectSink, Io};
+use crate::pipeline::{Pipeline, Stage};
+use crate::queue::{byte_queue, ByteReceiver};
+use crate::size::MessageSize;
+use crate::stats::{ChannelStats, MemoryKind};
+
+/// Per-connection limits and buffer sizes, shared by the connections of a server or client.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionConfig {
+    /// Cap of the queue other tasks write through ([`Channel::write`]).
+    pub(crate) outbound_queue_capacity: usize,
+    /// Above this many buffered bytes, writers flush before going on and the socket is
+    /// not read.
+    pub(crate) write_high_watermark: usize,
+    /// A flush forced by the high watermark stops here.
+    pub(crate) write_low_watermark: usize,
+    /// First read size; grows (doubling) while reads fill the buffer, up to the max.
+    pub(crate) initial_read_size: usize,
+    pub(crate) max_read_size: usize,
+    /// How long a closing connection may spend flushing what is queued.
+    pub(crate) close_timeout: Duration,
+    pub(crate) nodelay: bool,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            outbound_queue_capacity: 64 * 1024,
+            write_high_watermark: 64 * 1024,
+            write_low_watermark: 32 * 1024,
+            initial_read_size: 4 * 1024,
+            max_read_size: 64 * 1024,
+            close_timeout: Duration::from_secs(5),
+            nodelay: true,
+        }
+    }
+}
+
+/// Creates the handle and the outbound queue of a new connection.
+pub(crate) fn new_channel<W>(
+    stream: &TcpStream,
+    config: &ConnectionConfig,
+    closing: CancellationToken,
+) -> io::Result<(Channel<W>, ByteReceiver<W>)> {
+    let stats = Arc::new(ChannelStats::default());
+    let (outbound, receiver) = byte_queue(
+        config.outbound_queue_capacity,
+        stats.clone(),
+        MemoryKind::OutboundQueue,
+    );
+    let shared = Arc::new(ChannelShared {
+        id: ChannelId::next(),
+        peer: stream.peer_addr()?,
+        local: stream.local_addr()?,
+        stats,
+        closing,
+        closed: CancellationToken::new(),
+    });
+    Ok((Channel { shared, outbound }, receiver))
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run<C, S, W>(
+    stream: TcpStream,
+    pipeline: Pipeline<C, S, W>,
+    channel: Channel<W>,
+    outbound: ByteReceiver<W>,
+    config: Arc<ConnectionConfig>,
+) where
+    C: Decoder + Encoder<W> + Send + 'static,
+    C::Item: Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
+    let _ = stream.set_nodelay(config.nodelay);
+    let Pipeline {
+        codec, mut stages, ..
+    } = pipeline;
+    let stats = channel.shared.stats.clone();
+    let mut writer = Writer {
+        stream: &stream,
+        codec,
+        buffer: BytesMut::new(),
+        accounted: 0,
+        outbound,
+        stats: &stats,
+        high_watermark: config.write_high_watermark,
+        low_watermark: config.write_low_watermark,
+    };
+    let mut reader = Reader {
+        buffer: BytesMut::new(),
+        accounted: 0,
+        read_size: config.initial_read_size,
+        config: &config,
+    };
+
+    let outcome = drive(&stream, &mut reader, &mut writer, &mut stages, &channel).await;
+
+    // From here on the connection is closing: executors stop taking its work, other
+    // tasks' writes are refused, and no more frames are read.
+    channel.close();
+    let socket_healthy = !matches!(outcome, Err(Error::Io(_)));
+    if let Err(error) = &outcome {
+        match error {
+            Error::Io(e) => tracing::debug!(channel = %channel.id(), error = %e, "connection failed"),
+            Error::Codec(_) => tracing::debug!(channel = %channel.id(), %error, "closing the connection after bad input"),
+            Error::Closed => {}
+            _ => tracing::warn!(channel = %channel.id(), %error, "closing the connection after an error"),
+        }
+        if !error.is_closed() {
+            stages.error(&mut Io::direct(&channel, &mut writer), error).await;
+        }
+    }
+    if let Err(error) = stages.inactive(&mut Io::direct(&channel, &mut writer)).await {
+        tracing::debug!(channel = %channel.id(), %error, "a handler failed while the connection closed");
+    }
+    if socket_healthy {
+        // Flush what handlers and other tasks queued before the close, within the timeout.
+        let flush = poll_fn(|cx| writer.poll_flush_outbound(cx));
+        if tokio::time::timeout(config.close_timeout, flush).await.is_err() {
+            tracing::debug!(channel = %channel.id(), "the peer did not take the last writes in time");
+        }
+    }
+    writer.outbound.close_and_discard();
+    reader.release(&stats);
+    writer.release();
+    drop(writer);
+    drop(stream);
+    channel.shared.closed.cancel();
+}
+
+/// The read loop. Returns when the connection should close: `Ok` for a close asked for or
+/// the peer's end of stream, `Err` for a failure.
+async fn drive<C, S, W>(
+    stream: &TcpStream,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_, C, W>,
+    stages: &mut S,
+    channel: &Channel<W>,
+) -> Result<()>
+where
+    C: Decoder + Encoder<W> + Send + 'static,
+    C::Item: Send + 'static,
+    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
+    let stats = writer.stats;
+    stages.active(&mut Io::direct(channel, writer)).await?;
+    loop {
+        // Hand every complete frame to the pipeline, one at a time. A stage that cannot
+        // take a frame (an executor's queue is full) holds this loop, so nothing more is
+        // read until it can.
+        while !channel.is_closing() {
+            match writer.codec.decode(&mut reader.buffer) {
+                Ok(Some(frame)) => {
+                    stats.count_read();
+                    stages.read(&mut Io::direct(channel, writer), frame).await?;
+                }
+                Ok(None) => break,
+                Err(error) => return Err(Error::Codec(Box::new(error))),
+            }
+        }
+        if channel.is_closing() {
+            return Ok(());
+        }
+        reader.settle(stats);
+        writer.write_until(0)?;
+        writer.settle();
+
+        let under_watermark = !writer.is_over_high_watermark();
+        let has_pending_writes = !writer.buffer.is_empty();
+        tokio::select! {
+            biased;
+            _ = channel.closing() => return Ok(()),
+            ready = stream.readable(), if under_watermark => {
+                ready?;
+                match reader.read(stream, stats) {
+                    Ok(0) => {
+                        // End of stream: frames still buffered are handed on, then close.
+                        loop {
+                            match writer.codec.decode_eof(&mut reader.buffer) {
+                                Ok(Some(frame)) => {
+                                    stats.count_read();
+                                    stages.read(&mut Io::direct(channel, writer), frame).await?;
+                                }
+                                Ok(None) => return Ok(()),
+                                Err(error) => return Err(Error::Codec(Box::new(error))),
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            ready = stream.writable(), if has_pending_writes => {
+                ready?;
+            }
+            message = writer.outbound.recv(), if under_watermark => {
+                if let Some(message) = message {
+                    writer.encode(message)?;
+                    while !writer.is_over_high_watermark() {
+                        let Some(message) = writer.outbound.try_recv() else { break };
+                        writer.encode(message)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The read side: the read buffer and its sizing.
+struct Reader<'a> {
+    buffer: BytesMut,
+    /// Capacity last reported to the meter.
+    accounted: usize,
+    read_size: usize,
+    config: &'a ConnectionConfig,
+}
+
+impl Reader<'_> {
+    fn read(&mut self, stream: &TcpStream, stats: &ChannelStats) -> io::Result<usize> {
+        let spare = self.buffer.capacity() - self.buffer.len();
+        if spare < self.read_size / 2 {
+            self.buffer.reserve(self.read_size);
+        }
+        let spare = self.buffer.capacity() - self.buffer.len();
+        let result = stream.try_read_buf(&mut self.buffer);
+        if let Ok(n) = result {
+            // Adapt the read size as Netty's adaptive allocator does: grow while reads fill
+            // the buffer, shrink when they use little of it.
+            if n == spare && self.read_size < self.config.max_read_size {
+                self.read_size = (self.read_size * 2).min(self.config.max_read_size);
+            } else if n < self.read_size / 8 && self.read_size > self.config.initial_read_size {
+                self.read_size /= 2;
+            }
+        }
+        self.account(stats);
+        result
+    }
+
+    /// After decoding: release the buffer if it holds nothing, so an idle connection holds
+    /// no read buffer.
+    fn settle(&mut self, stats: &ChannelStats) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+        self.account(stats);
+    }
+
+    fn account(&mut self, stats: &ChannelStats) {
+        let capacity = self.buffer.capacity();
+        if capacity != self.accounted {
+            stats
+                .meter(MemoryKind::ReadBuffer)
+                .update(self.accounted, capacity);
+            self.accounted = capacity;
+        }
+    }
+
+    fn release(&mut self, stats: &ChannelStats) {
+        self.buffer = BytesMut::new();
+        self.account(stats);
+    }
+}
+
+/// The write side: codec, write buffer and the outbound queue from other tasks.
+struct Writer<'a, C, W> {
+    stream: &'a TcpStream,
+    codec: C,
+    buffer: BytesMut,
+    /// Capacity last reported to the meter.
+    accounted: usize,
+    outbound: ByteReceiver<W>,
+    stats: &'a ChannelStats,
+    high_watermark: usize,
+    low_watermark: usize,
+}
+
+impl<C, W> Writer<'_, C, W>
+where
+    C: Encoder<W> + Send,
+    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    W: Send,
+{
+    /// Writes until at most `limit` bytes are buffered; `Ok(false)` if the socket is full.
+    fn write_until(&mut self, limit: usize) -> Result<bool> {
+        while self.buffer.len() > limit {
+            match self.stream.try_write(&self.buffer) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.buffer.advance(n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    fn poll_write_until(&mut self, cx: &mut TaskContext<'_>, limit: usize) -> Poll<Result<()>> {
+        loop {
+            if self.write_until(limit)? {
+                self.account();
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.stream.poll_write_ready(cx))?;
+        }
+    }
+
+    /// Encodes everything other tasks queued, then writes it all out.
+    fn poll_flush_outbound(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        loop {
+            while !self.is_over_high_watermark() {
+                let Some(message) = self.outbound.try_recv() else {
+                    break;
+                };
+                self.encode(message)?;
+            }
+            ready!(self.poll_write_until(cx, 0))?;
+            if self.outbound.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Releases an empty write buffer, so an idle connection holds none.
+    fn settle(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+        self.account();
+    }
+
+    fn account(&mut self) {
+        let capacity = self.buffer.capacity();
+        if capacity != self.accounted {
+            self.stats
+                .meter(MemoryKind::WriteBuffer)
+                .update(self.accounted, capacity);
+            self.accounted = capacity;
+        }
+    }
+
+    fn release(&mut self) {
+        self.buffer = BytesMut::new();
+        self.account();
+    }
+}
+
+impl<C, W> DirectSink<W> for Writer<'_, C, W>
+where
+    C: Encoder<W> + Send,
+    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    W: Send,
+{
+    fn encode(&mut self, message: W) -> Result<()> {
+        self.codec
+            .encode(message, &mut self.buffer)
+            .map_err(|error| Error::Codec(Box::new(error)))?;
+        self.stats.count_written();
+        Ok(())
+    }
+
+    fn is_over_high_watermark(&self) -> bool {
+        self.buffer.len() > self.high_watermark
+    }
+
+    fn poll_flush_to_low_watermark(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        let limit = self.low_watermark;
+        self.poll_write_until(cx, limit)
+    }
+
+    fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        self.poll_write_until(cx, 0)
+    }
+
+    fn poll_serve_outbound(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        loop {
+            if !self.buffer.is_empty() && !self.write_until(0)? {
+                // The socket is full: wait for it; take no more while over the watermark.
+                if self.stream.poll_write_ready(cx)?.is_ready() {
+                    continue;
+                }
+                if self.is_over_high_watermark() {
+                    return Poll::Pending;
+                }
+            }
+            self.account();
+            match self.outbound.poll_recv(cx) {
+                Poll::Ready(Some(message)) => self.encode(message)?,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! A group of threads, each running its own single-threaded tokio runtime.
+//!
+//! This is the runtime model of Tethernet, as in Netty's `EventLoopGroup`: every connection
+//! is pinned to one loop for its whole life, and each loop serves its connections in turn.
+//! On this project's 2-core machines tokio's work-stealing scheduler was seen serving 1,000+
+//! busy connections per worker unfairly; one current-thread runtime per core was fair (see
+//! `BENCHMARKS.md` and `cargo run --release -p tethernet-bench -- fairness`). Business
+//! executors use the same group type.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use tokio::runtime::{Builder, Handle};
+use tokio::sync::oneshot;
+
+/// A group of single-threaded runtimes ("event loops"); cheap to clone.
+///
+/// The threads stop, and are joined, when the last clone is dropped.
+#[derive(Clone)]
+pub struct EventLoopGroup {
+    inner: Arc<GroupInner>,
+}
+
+struct EventLoop {
+    handle: Handle,
+    /// Dropping this sender tells the loop's thread to stop.
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+struct GroupInner {
+    name: String,
+    loops: Vec<EventLoop>,
+    /// Round-robin cursor for [`EventLoopGroup::next`].
+    next: AtomicUsize,
+}
+
+impl EventLoopGroup {
+    /// Starts `threads` event loops named `{name}-{index}`.
+    pub fn new(name: &str, threads: usize) -> io::Result<EventLoopGroup> {
+        Self::with_blocking_threads(name, threads, None)
+    }
+
+    /// Starts the loops; `blocking_threads` caps each runtime's blocking pool.
+    pub(crate) fn with_blocking_threads(
+        name: &str,
+        threads: usize,
+        blocking_threads: Option<usize>,
+    ) -> io::Result<EventLoopGroup> {
+        if threads == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("event loop group `{name}` needs at least one thread"),
+            ));
+        }
+        let mut loops = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let thread_name = format!("{name}-{index}");
+            let mut builder = Builder::new_current_thread();
+            builder.enable_all().thread_name(thread_name.clone());
+            if let Some(blocking) = blocking_threads {
+                builder.max_blocking_threads(blocking.max(1));
+            }
+            let runtime = builder.build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = thread::Builder::new().name(thread_name).spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Dropping the runtime here cancels whatever is still spawned on it and
+                // waits for its blocking threads.
+                drop(runtime);
+            })?;
+            loops.push(EventLoop {
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            });
+        }
+        Ok(EventLoopGroup {
+            inner: Arc::new(GroupInner {
+                name: name.to_owned(),
+                loops,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// How many loops the group runs.
+    pub fn len(&self) -> usize {
+        self.inner.loops.len()
+    }
+
+    /// Always false: a group has at least one loop.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The next loop, round-robin.
+    pub fn next(&self) -> &Handle {
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.loops.len();
+        &self.inner.loops[index].handle
+    }
+}
+
+impl Drop for GroupInner {
+    fn drop(&mut self) {
+        let current = thread::current().id();
+        for event_loop in &mut self.loops {
+            drop(event_loop.stop.take());
+        }
+        for event_loop in &mut self.loops {
+            if let Some(thread) = event_loop.thread.take() {
+                // A loop cannot join itself (the group's last clone was dropped on one of
+                // its own threads); it stops on its own once its stop signal is seen.
+                if thread.thread().id() != current {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Ordered business executors: where slow or blocking handlers run, off the I/O threads.
+//!
+//! A handler placed on an [`Executor`] with [`PipelineBuilder::on`](crate::PipelineBuilder::on)
+//! still sees its connection's events strictly in order: each connection gets one *drainer*
+//! task on the executor that takes the connection's messages from a queue one at a time and
+//! awaits the handler for each. The queue is capped in bytes; when it is full the I/O side
+//! stops decoding and reading the socket (TCP backpressure) and resumes when the handler
+//! catches up. The drainer belongs to the connection: when the connection closes, queued
+//! messages are dropped (counted), the handlers' `inactive` runs, and the connection waits
+//! for the drainer to finish before it is gone.
+//!
+//! Two flavours:
+//! - **async**: `threads` event loops; each connection is pinned to one of them. Handlers
+//!   must not block; they may await (a database client, a timer) and other connections'
+//!   handlers run meanwhile.
+//! - **blocking**: handler calls run on a pool of at most `threads` OS threads (tokio's
+//!   blocking pool), one call per connection at a time, so a handler may block (a
+//!   synchronous database driver, `std::thread::sleep`) without stalling other connections
+//!   pinned nowhere in particular: any free thread takes the next connection that has work.
+
+use std::io;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::channel::Channel;
+use crate::error::{Error, Result};
+use crate::event_loop::EventLoopGroup;
+use crate::pipeline::context::Io;
+use crate::pipeline::stage::{Append, Stage};
+use crate::pipeline::Event;
+use crate::queue::{byte_queue, ByteReceiver, ByteSender};
+use crate::size::MessageSize;
+use crate::stats::MemoryKind;
+
+/// Default cap of each connection's queue into an executor.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    Async,
+    Blocking,
+}
+
+/// A named pool where handlers run off the I/O threads; cheap to clone.
+///
+/// ```no_run
+/// use tethernet::Executor;
+///
+/// // Four threads for handlers that await slow things.
+/// let db = Executor::builder("db").threads(4).build()?;
+/// // Eight threads for handlers that block.
+/// let legacy = Executor::builder("legacy").threads(8).blocking().build()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<ExecutorInner>,
+}
+
+struct ExecutorInner {
+    name: String,
+    flavour: Flavour,
+    /// Async: the loops connections are pinned to. Blocking: one loop that runs the
+    /// drainers, whose blocking pool (capped at `threads`) runs the handler calls.
+    loops: EventLoopGroup,
+    queue_capacity: usize,
+}
+
+/// Configures an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorBuilder {
+    name: String,
+    threads: usize,
+    flavour: Flavour,
+    queue_capacity: usize,
+}
+
+impl Executor {
+    /// Starts configuring an executor called `name` (used for thread names and reports).
+    pub fn builder(name: impl Into<String>) -> ExecutorBuilder {
+        ExecutorBuilder {
+            name: name.into(),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            flavour: Flavour::Async,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+
+    /// The executor's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// True for the blocking flavour.
+    pub fn is_blocking(&self) -> bool {
+        self.inner.flavour == Flavour::Blocking
+    }
+
+    /// The per-connection queue cap, in bytes.
+    pub fn queue_capacity(&self) -> usize {
+        self.inner.queue_capacity
+    }
+}
+
+impl ExecutorBuilder {
+    /// Worker threads (default: the number of cores).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Handlers on this executor may block: each call runs on a blocking thread.
+    pub fn blocking(mut self) -> Self {
+        self.flavour = Flavour::Blocking;
+        self
+    }
+
+    /// Caps each connection's queue into this executor, in bytes (default 64 KiB). When a
+    /// connection's queue is full, that connection stops reading its socket.
+    pub fn queue_capacity(mut self, bytes: usize) -> Self {
+        self.queue_capacity = bytes.max(1);
+        self
+    }
+
+    /// Starts the executor's threads.
+    pub fn build(self) -> io::Result<Executor> {
+        if self.threads == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("executor `{}` needs at least one thread", self.name),
+            ));
+        }
+        let loops = match self.flavour {
+            Flavour::Async => EventLoopGroup::new(&self.name, self.threads)?,
+            Flavour::Blocking => {
+                EventLoopGroup::with_blocking_threads(&self.name, 1, Some(self.threads))?
+            }
+        };
+        Ok(Executor {
+            inner: Arc::new(ExecutorInner {
+                name: self.name,
+                flavour: self.flavour,
+                loops,
+                queue_capacity: self.queue_capacity,
+            }),
+        })
+    }
+}
+
+/// What crosses into an executor.
+enum Item<M> {
+    Read(M),
+    Event(Event),
+}
+
+impl<M: MessageSize> MessageSize for Item<M> {
+    fn message_size(&self) -> usize {
+        match self {
+            Item::Read(message) => message.message_size(),
+            Item::Event(_) => std::mem::size_of::<Self>(),
+        }
+    }
+}
+
+enum OffloadState<S, M> {
+    /// Built, not yet started: the segment waits for the connection to become active.
+    Idle(S),
+    Running {
+        queue: ByteSender<Item<M>>,
+        drainer: JoinHandle<()>,
+    },
+    Finished,
+}
+
+/// The pipeline stage that hands messages to a segment of handlers running on an
+/// [`Executor`] (see the module docs).
+pub struct Offload<S, M, W> {
+    executor: Executor,
+    state: OffloadState<S, M>,
+    _types: PhantomData<fn(W)>,
+}
+
+impl<S, M, W> Offload<S, M, W> {
+    pub(crate) fn new(executor: Executor, segment: S) -> Self {
+        Offload {
+            executor,
+            state: OffloadState::Idle(segment),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<S, M, W> Drop for Offload<S, M, W> {
+    fn drop(&mut self) {
+        // The drainer belongs to the connection: never leave it running detached (this
+        // only matters when the connection task itself is cancelled mid-way).
+        if let OffloadState::Running { drainer, .. } = &self.state {
+            drainer.abort();
+        }
+    }
+}
+
+impl<S, M, W, X> Append<X> for Offload<S, M, W>
+where
+    S: Append<X>,
+{
+    type Output = Offload<S::Output, M, W>;
+    fn append(mut self, x: X) -> Self::Output {
+        let state = std::mem::replace(&mut self.state, OffloadState::Finished);
+        let OffloadState::Idle(segment) = state else {
+            unreachable!("pipelines are only appended to before they start");
+        };
+        Offload::new(self.executor.clone(), segment.append(x))
+    }
+}
+
+impl<S, M, W> Stage<M, W> for Offload<S, M, W>
+where
+    S: Stage<M, W>,
+    M: MessageSize + Send + 'static,
+    W: MessageSize + Send + 'static,
+{
+    async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        let state = std::mem::replace(&mut self.state, OffloadState::Finished);
+        let OffloadState::Idle(segment) = state else {
+            return Ok(());
+        };
+        let (queue, receiver) = byte_queue(
+            self.executor.inner.queue_capacity,
+            io.channel.shared.stats.clone(),
+            MemoryKind::InboundQueue,
+        );
+        let handle = self.executor.inner.loops.next();
+        let drainer = Drainer {
+            segment: Some(segment),
+            receiver,
+            channel: io.channel.clone(),
+            blocking: self.executor.is_blocking().then(|| handle.clone()),
+            executor: self.executor.inner.name.clone(),
+        };
+        let drainer = handle.spawn(drainer.run());
+        self.state = OffloadState::Running { queue, drainer };
+        Ok(())
+    }
+
+    async fn read(&mut self, io: &mut Io<'_, W>, message: M) -> Result<()> {
+        let OffloadState::Running { queue, .. } = &self.state else {
+            return Err(Error::Closed);
+        };
+        match io.wait_for(queue.send(Item::Read(message))).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
+        let OffloadState::Running { queue, .. } = &self.state else {
+            return Ok(());
+        };
+        let _ = io.wait_for(queue.send(Item::Event(event.clone()))).await?;
+        Ok(())
+    }
+
+    async fn inactive(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+        let state = std::mem::replace(&mut self.state, OffloadState::Finished);
+        match state {
+            OffloadState::Running { queue, drainer } => {
+                drop(queue);
+                // The connection is closing (its token is cancelled before `inactive`), so
+                // the drainer finishes its current call, drops the rest, runs the segment's
+                // `inactive`, and ends. Wait for it: it is owned by this connection.
+                if let Err(error) = drainer.await {
+                    if error.is_panic() {
+                        tracing::error!(executor = %self.executor.name(), "a handler on the executor panicked");
+                    }
+                }
+                Ok(())
+            }
+            OffloadState::Idle(segment) => {
+                drop(segment);
+                Ok(())
+            }
+            OffloadState::Finished => Ok(()),
+        }
+    }
+
+    async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {
+        // Errors are reported to the segment where they happen; the executor's segment
+        // learns that the connection is closing through `inactive`.
+    }
+}
+
+/// The per-connection task on an executor: runs the segment's events one at a time.
+struct Drainer<S, M, W> {
+    /// `None` only while a blocking call has it.
+    segment: Option<S>,
+    receiver: ByteReceiver<Item<M>>,
+    channel: Channel<W>,
+    /// For the blocking flavour: the runtime whose blocking pool runs the calls.
+    blocking: Option<Handle>,
+    executor: String,
+}
+
+/// One event for the segment.
+enum Step<M> {
+    Active,
+    Item(Item<M>),
+    Inactive,
+}
+
+impl<S, M, W> Drainer<S, M, W>
+where
+    S: Stage<M, W>,
+    M: Send + 'static,
+    W: MessageSize + Send + 'static,
+{
+    async fn run(mut self) {
+        let mut failed = self.step(Step::Active).await.is_err();
+        while !failed {
+            let item = tokio::select! {
+                biased;
+                _ = self.channel.closing() => break,
+                item = self.receiver.recv() => item,
+            };
+            let Some(item) = item else { break };
+            failed = self.step(Step::Item(item)).await.is_err();
+        }
+        let dropped = self.receiver.close_and_discard();
+        if dropped > 0 {
+            tracing::debug!(channel = %self.channel.id(), executor = %self.executor, dropped, "connection closed; dropped its queued business work");
+        }
+        let _ = self.step(Step::Inactive).await;
+    }
+
+    /// Runs one event through the segment, inline (async flavour) or on a blocking thread.
+    async fn step(&mut self, step: Step<M>) -> Result<()> {
+        let Some(mut segment) = self.segment.take() else {
+            return Err(Error::Closed);
+        };
+        let result = match &self.blocking {
+            None => {
+                let result = run_step(&mut segment, &self.channel, step).await;
+                self.segment = Some(segment);
+                result
+            }
+            Some(handle) => {
+                let channel = self.channel.clone();
+                let runtime = handle.clone();
+                let call = tokio::task::spawn_blocking(move || {
+                    let result = runtime.block_on(run_step(&mut segment, &channel, step));
+                    (segment, result)
+                });
+                match call.await {
+                    Ok((segment, result)) => {
+                        self.segment = Some(segment);
+                        result
+                    }
+                    Err(error) => {
+                        if error.is_panic() {
+                            tracing::error!(channel = %self.channel.id(), executor = %self.executor, "a blocking handler panicked; closing the connection");
+                        }
+                        self.channel.close();
+                        return Err(Error::Closed);
+                    }
+                }
+            }
+        };
+        if let Err(error) = &result {
+            tracing::debug!(channel = %self.channel.id(), executor = %self.executor, %error, "closing the connection after a handler error");
+            self.channel.close();
+        }
+        result
+    }
+}
+
+async fn run_step<S, M, W>(segment: &mut S, channel: &Channel<W>, step: Step<M>) -> Result<()>
+where
+    S: Stage<M, W>,
+    M: Send + 'static,
+    W: MessageSize + Send + 'static,
+{
+    let mut io = Io::queued(channel);
+    let result = match step {
+        Step::Active => segment.active(&mut io).await,
+        Step::Item(Item::Read(message)) => segment.read(&mut io, message).await,
+        Step::Item(Item::Event(event)) => segment.user_event(&mut io, &event).await,
+        Step::Inactive => segment.inactive(&mut io).await,
+    };
+    if let Err(error) = &result {
+        if !error.is_closed() {
+            segment.error(&mut io, error).await;
+        }
+    }
+    result
+}

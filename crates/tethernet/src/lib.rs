@@ -1,0 +1,76 @@
+//! Tethernet: a Netty-style network application framework for tokio whose memory is
+//! **bounded and attributed**.
+//!
+//! # Layout
+//!
+//! Data enters at the socket and flows left to right; replies flow back.
+//!
+//! ```text
+//!  Server / Client ──▶ event loop ──▶ connection task ──▶ codec ──▶ pipeline stages ──▶ executors
+//!   (server.rs,        (event_loop.rs) (connection.rs)    (codec/)   (pipeline/)         (executor.rs)
+//!    client.rs)
+//! ```
+//!
+//! - [`server`] and [`client`]: bind or connect, and hand each connection to an event loop.
+//! - [`event_loop`]: a group of threads, each with a single-threaded runtime; a connection
+//!   lives on one loop (the Netty model, chosen for fairness under many busy connections).
+//! - [`connection`](crate::Channel) (private module): the per-connection task — read buffer,
+//!   decode, pipeline, encode, write buffer — and where read and write bounds are enforced.
+//! - [`pipeline`]: [`Handler`], [`Context`], [`Pipeline`] and its builder; the typed chain of
+//!   stages.
+//! - [`executor`]: ordered business executors (async and blocking) behind per-connection
+//!   queues capped in bytes (G1 order, G3 bounds).
+//! - [`codec`]: frame codecs, each with a mandatory maximum frame length.
+//! - [`channel`]: [`Channel`], the handle to a connection usable from any task.
+//! - [`stats`] and [`size`]: live per-connection byte counters, and how messages are measured.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bytes::BytesMut;
+//! use tethernet::codec::LengthFieldCodec;
+//! use tethernet::{Context, Handler, Pipeline, Result, Server};
+//!
+//! struct Echo;
+//!
+//! impl Handler<BytesMut, BytesMut> for Echo {
+//!     type Next = BytesMut;
+//!     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, frame: BytesMut) -> Result<()> {
+//!         ctx.write(frame).await
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<()> {
+//!     let server = Server::builder().bind("127.0.0.1:7007").await?;
+//!     server
+//!         .serve(|| Pipeline::builder(LengthFieldCodec::new(1 << 20)).handler(Echo).build())
+//!         .await
+//! }
+//! ```
+
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod client;
+pub mod codec;
+mod connection;
+pub mod error;
+pub mod event_loop;
+pub mod executor;
+pub mod pipeline;
+mod queue;
+pub mod server;
+pub mod size;
+pub mod stats;
+
+pub use channel::{Channel, ChannelId};
+pub use client::{Client, ClientBuilder, Connection};
+pub use error::{Error, Result};
+pub use event_loop::EventLoopGroup;
+pub use executor::{Executor, ExecutorBuilder};
+pub use pipeline::{Context, Event, Handler, Pipeline, PipelineBuilder};
+pub use server::{Server, ServerBuilder};
+pub use size::MessageSize;
+pub use stats::{ChannelStats, MemoryKind, Meter};

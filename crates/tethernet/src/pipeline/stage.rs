@@ -1,0 +1,215 @@
+//! How handlers are chained: typed nodes, each calling the next.
+//!
+//! A built pipeline is a nested value `Node<H1, .., Node<H2, .., Tail>>`; every call is
+//! static (no boxing, no dynamic dispatch), so a pipeline costs what its handlers cost.
+//! Messages a handler fires are buffered in its node and handed to the next node, in
+//! order, once the handler returns. An [`Offload`](crate::executor::Offload) node moves the
+//! rest of the chain onto a business executor.
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
+use crate::pipeline::context::{Context, Forward, Io};
+use crate::pipeline::{Event, Handler};
+
+/// One link of a built pipeline. Implemented by the framework's nodes; application code
+/// implements [`Handler`] instead.
+pub trait Stage<In, W>: Send + 'static {
+    /// Delivers a message.
+    fn read(&mut self, io: &mut Io<'_, W>, message: In) -> impl Future<Output = Result<()>> + Send;
+    /// The connection is active.
+    fn active(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    /// The connection is closing.
+    fn inactive(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    /// A user event.
+    fn user_event(
+        &mut self,
+        io: &mut Io<'_, W>,
+        event: &Event,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// An error; every handler sees it.
+    fn error(&mut self, io: &mut Io<'_, W>, error: &Error) -> impl Future<Output = ()> + Send;
+}
+
+/// Adds a stage at the end of a chain (type-level list append).
+pub trait Append<X> {
+    /// The chain with `X` at its end.
+    type Output;
+    /// Appends `x`.
+    fn append(self, x: X) -> Self::Output;
+}
+
+/// The end of a chain: messages that reach it are dropped.
+#[derive(Debug, Default)]
+pub struct Tail;
+
+impl<M: Send + 'static, W: Send + 'static> Stage<M, W> for Tail {
+    async fn read(&mut self, io: &mut Io<'_, W>, _message: M) -> Result<()> {
+        tracing::trace!(channel = %io.channel.id(), "a message reached the end of the pipeline and was dropped");
+        Ok(())
+    }
+    async fn active(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+        Ok(())
+    }
+    async fn inactive(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+        Ok(())
+    }
+    async fn user_event(&mut self, _io: &mut Io<'_, W>, _event: &Event) -> Result<()> {
+        Ok(())
+    }
+    async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {}
+}
+
+impl<X> Append<X> for Tail {
+    type Output = X;
+    fn append(self, x: X) -> X {
+        x
+    }
+}
+
+/// A handler and the rest of the chain after it.
+pub struct Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+{
+    handler: H,
+    next: N,
+    /// Messages the handler fired during the current call, delivered after it returns.
+    /// Kept between calls to avoid an allocation per message; shrunk after a burst.
+    forward: Vec<Forward<H::Next>>,
+    _types: PhantomData<fn(In, W)>,
+}
+
+/// Above this many buffered forwards, the buffer is released after delivery.
+const FORWARD_KEEP: usize = 16;
+
+impl<H, In, W, N> Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+{
+    pub(crate) fn new(handler: H, next: N) -> Self {
+        Node {
+            handler,
+            next,
+            forward: Vec::new(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<H, In, W, N> Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+    N: Stage<H::Next, W>,
+{
+    /// Hands what the handler fired to the next stage, in order.
+    async fn deliver(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        if self.forward.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.forward);
+        for item in batch.drain(..) {
+            match item {
+                Forward::Read(message) => self.next.read(io, message).await?,
+                Forward::Event(event) => self.next.user_event(io, &event).await?,
+            }
+        }
+        if batch.capacity() <= FORWARD_KEEP {
+            self.forward = batch;
+        }
+        Ok(())
+    }
+
+    fn name() -> &'static str {
+        std::any::type_name::<H>()
+    }
+}
+
+fn tag(error: Error, handler: &'static str) -> Error {
+    match error {
+        Error::Other(source) => Error::Handler { handler, source },
+        other => other,
+    }
+}
+
+impl<H, In, W, N> Stage<In, W> for Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+    N: Stage<H::Next, W>,
+{
+    async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
+        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let result = self.handler.read(&mut ctx, message).await;
+        if let Err(error) = result {
+            self.forward.clear();
+            return Err(tag(error, Self::name()));
+        }
+        self.deliver(io).await
+    }
+
+    async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        self.handler
+            .active(&mut ctx)
+            .await
+            .map_err(|e| tag(e, Self::name()))?;
+        self.next.active(io).await?;
+        self.deliver(io).await
+    }
+
+    async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let result = self.handler.inactive(&mut ctx).await;
+        // Nothing more is delivered once the connection is going away.
+        self.forward.clear();
+        // Later stages are told even if this handler failed: each owns state to release.
+        let next = self.next.inactive(io).await;
+        result.map_err(|e| tag(e, Self::name())).and(next)
+    }
+
+    async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
+        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        self.handler
+            .user_event(&mut ctx, event)
+            .await
+            .map_err(|e| tag(e, Self::name()))?;
+        self.deliver(io).await?;
+        self.next.user_event(io, event).await
+    }
+
+    async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
+        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        if let Err(failure) = self.handler.error(&mut ctx, error).await {
+            tracing::debug!(handler = Self::name(), %failure, "handler failed while handling an error");
+        }
+        self.forward.clear();
+        self.next.error(io, error).await
+    }
+}
+
+impl<H, In, W, N, X> Append<X> for Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+    N: Append<X>,
+{
+    type Output = Node<H, In, W, N::Output>;
+    fn append(self, x: X) -> Self::Output {
+        Node {
+            handler: self.handler,
+            next: self.next.append(x),
+            forward: Vec::new(),
+            _types: PhantomData,
+        }
+    }
+}

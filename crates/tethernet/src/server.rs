@@ -1,0 +1,334 @@
+//! [`Server`]: accept connections and run a pipeline for each.
+
+use std::future::{pending, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{self, ConnectionConfig};
+use crate::error::{Error, Result};
+use crate::event_loop::EventLoopGroup;
+use crate::pipeline::{Pipeline, Stage};
+use crate::size::MessageSize;
+
+/// Configures a [`Server`].
+///
+/// ```no_run
+/// # use bytes::BytesMut;
+/// # use tethernet::{codec::LengthFieldCodec, Context, Handler, Pipeline, Result, Server};
+/// # struct Echo;
+/// # impl Handler<BytesMut, BytesMut> for Echo {
+/// #     type Next = BytesMut;
+/// #     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> { ctx.write(f).await }
+/// # }
+/// # async fn run() -> Result<()> {
+/// let server = Server::builder().io_threads(2).bind("127.0.0.1:7007").await?;
+/// server
+///     .serve(|| Pipeline::builder(LengthFieldCodec::new(1 << 20)).handler(Echo).build())
+///     .await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    io_threads: usize,
+    group: Option<EventLoopGroup>,
+    config: ConnectionConfig,
+    backlog: u32,
+    recv_buffer_size: Option<u32>,
+    send_buffer_size: Option<u32>,
+}
+
+impl std::fmt::Debug for EventLoopGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoopGroup")
+            .field("name", &self.name())
+            .field("threads", &self.len())
+            .finish()
+    }
+}
+
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ServerBuilder {
+    /// I/O threads (event loops) for the server's connections (default: the number of
+    /// cores). Each connection is served by one of them for its whole life.
+    pub fn io_threads(mut self, threads: usize) -> Self {
+        self.io_threads = threads;
+        self
+    }
+
+    /// Serves connections on an existing group (shared with other servers or clients)
+    /// instead of starting one.
+    pub fn event_loop_group(mut self, group: EventLoopGroup) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Caps, in bytes, each connection's queue of messages written by other tasks through
+    /// [`Channel::write`](crate::Channel::write) (default 64 KiB).
+    pub fn outbound_queue_capacity(mut self, bytes: usize) -> Self {
+        self.config.outbound_queue_capacity = bytes.max(1);
+        self
+    }
+
+    /// Write buffer watermarks in bytes (default 64 KiB / 32 KiB): above `high`, a
+    /// handler's write flushes down to `low` before returning, and the socket is not read.
+    pub fn write_watermarks(mut self, low: usize, high: usize) -> Self {
+        self.config.write_low_watermark = low.min(high);
+        self.config.write_high_watermark = high.max(1);
+        self
+    }
+
+    /// How long a closing connection may spend flushing what is queued (default 5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on accepted sockets (default true).
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.config.nodelay = nodelay;
+        self
+    }
+
+    /// The kernel's receive buffer size for accepted sockets (`SO_RCVBUF`).
+    pub fn recv_buffer_size(mut self, bytes: u32) -> Self {
+        self.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// The kernel's send buffer size for accepted sockets (`SO_SNDBUF`).
+    pub fn send_buffer_size(mut self, bytes: u32) -> Self {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// The listen backlog (default 1024).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Binds the listening socket and starts the I/O threads.
+    pub async fn bind(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Server> {
+        let mut last_error = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            match self.listen(addr) {
+                Ok(listener) => {
+                    let group = match self.group {
+                        Some(group) => group,
+                        None => EventLoopGroup::new("tethernet-io", self.io_threads)?,
+                    };
+                    return Ok(Server {
+                        listener,
+                        group,
+                        config: Arc::new(self.config),
+                    });
+                }
+                Err(error) => last_error = Some((addr, error)),
+            }
+        }
+        Err(match last_error {
+            Some((addr, error)) => Error::Config(format!(
+                "cannot listen on {addr}: {error} (is another process using the port?)"
+            )),
+            None => Error::Config("the listen address resolved to nothing".into()),
+        })
+    }
+
+    fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if let Some(size) = self.recv_buffer_size {
+            socket.set_recv_buffer_size(size)?;
+        }
+        if let Some(size) = self.send_buffer_size {
+            socket.set_send_buffer_size(size)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(self.backlog)
+    }
+}
+
+/// A bound server: accepts connections and runs a pipeline for each on its event loops.
+pub struct Server {
+    listener: TcpListener,
+    group: EventLoopGroup,
+    config: Arc<ConnectionConfig>,
+}
+
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            io_threads: default_threads(),
+            group: None,
+            config: ConnectionConfig::default(),
+            backlog: 1024,
+            recv_buffer_size: None,
+            send_buffer_size: None,
+        }
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// Serves until the process ends. `pipeline` is called once per connection.
+    pub async fn serve<F, C, S, W>(self, pipeline: F) -> Result<()>
+    where
+        F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
+        C: Decoder + Encoder<W> + Send + 'static,
+        C::Item: Send + 'static,
+        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        S: Stage<C::Item, W>,
+        W: MessageSize + Send + 'static,
+    {
+        self.serve_until(pipeline, pending()).await
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, asks every connection to
+    /// close (each flushes what is queued, within its close timeout, and tells its
+    /// handlers), and returns once every connection task has finished.
+    pub async fn serve_until<F, C, S, W>(
+        self,
+        pipeline: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()>
+    where
+        F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
+        C: Decoder + Encoder<W> + Send + 'static,
+        C::Item: Send + 'static,
+        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        S: Stage<C::Item, W>,
+        W: MessageSize + Send + 'static,
+    {
+        let pipeline = Arc::new(pipeline);
+        let stopping = CancellationToken::new();
+        // Every connection task is owned here; none is detached.
+        let mut connections = JoinSet::new();
+        let mut shutdown = pin!(shutdown);
+        let mut backoff = AcceptBackoff::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(finished) = connections.join_next() => report(finished),
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        backoff.reset();
+                        if let Err(error) = self.start(stream, &pipeline, &stopping, &mut connections) {
+                            tracing::debug!(%error, "could not hand an accepted connection to an event loop");
+                        }
+                    }
+                    Err(error) => {
+                        let pause = backoff.next();
+                        tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "accept failed; pausing before the next accept");
+                        tokio::time::sleep(pause).await;
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        stopping.cancel();
+        while let Some(finished) = connections.join_next().await {
+            report(finished);
+        }
+        Ok(())
+    }
+
+    fn start<F, C, S, W>(
+        &self,
+        stream: TcpStream,
+        pipeline: &Arc<F>,
+        stopping: &CancellationToken,
+        connections: &mut JoinSet<()>,
+    ) -> io::Result<()>
+    where
+        F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
+        C: Decoder + Encoder<W> + Send + 'static,
+        C::Item: Send + 'static,
+        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
+        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        S: Stage<C::Item, W>,
+        W: MessageSize + Send + 'static,
+    {
+        // The socket moves to its event loop's reactor.
+        let stream = stream.into_std()?;
+        let pipeline = pipeline.clone();
+        let closing = stopping.child_token();
+        let config = self.config.clone();
+        connections.spawn_on(
+            async move {
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, "could not register an accepted socket");
+                        return;
+                    }
+                };
+                let (channel, outbound) = match connection::new_channel(&stream, &config, closing)
+                {
+                    Ok(parts) => parts,
+                    Err(error) => {
+                        tracing::debug!(%error, "accepted socket closed before it was served");
+                        return;
+                    }
+                };
+                connection::run(stream, pipeline(), channel, outbound, config).await;
+            },
+            self.group.next(),
+        );
+        Ok(())
+    }
+}
+
+fn report(finished: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(error) = finished {
+        if error.is_panic() {
+            tracing::error!("a connection task panicked; that connection was closed");
+        }
+    }
+}
+
+/// Pauses between failing accepts (EMFILE, ENFILE, ENOBUFS) so the loop does not spin.
+#[derive(Default)]
+struct AcceptBackoff {
+    current: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        let next = match self.current {
+            None => Self::FIRST,
+            Some(current) => (current * 2).min(Self::MAX),
+        };
+        self.current = Some(next);
+        next
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+    }
+}
