@@ -103,7 +103,9 @@ impl Client {
         let task_channel = channel.clone();
         let task = self.group.next().spawn(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => connection::run(stream, pipeline, task_channel, outbound, config).await,
+                Ok(stream) => {
+                    connection::run(stream, pipeline, task_channel, outbound, config).await
+                }
                 Err(error) => {
                     tracing::debug!(%error, "could not register a connected socket");
                     task_channel.shared.closed.cancel();

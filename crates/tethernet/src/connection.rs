@@ -132,22 +132,36 @@ pub(crate) async fn run<C, S, W>(
     let socket_healthy = !matches!(outcome, Err(Error::Io(_)));
     if let Err(error) = &outcome {
         match error {
-            Error::Io(e) => tracing::debug!(channel = %channel.id(), error = %e, "connection failed"),
-            Error::Codec(_) => tracing::debug!(channel = %channel.id(), %error, "closing the connection after bad input"),
+            Error::Io(e) => {
+                tracing::debug!(channel = %channel.id(), error = %e, "connection failed")
+            }
+            Error::Codec(_) => {
+                tracing::debug!(channel = %channel.id(), %error, "closing the connection after bad input")
+            }
             Error::Closed => {}
-            _ => tracing::warn!(channel = %channel.id(), %error, "closing the connection after an error"),
+            _ => {
+                tracing::warn!(channel = %channel.id(), %error, "closing the connection after an error")
+            }
         }
         if !error.is_closed() {
-            stages.error(&mut Io::direct(&channel, &mut writer), error).await;
+            stages
+                .error(&mut Io::direct(&channel, &mut writer), error)
+                .await;
         }
     }
-    if let Err(error) = stages.inactive(&mut Io::direct(&channel, &mut writer)).await {
+    if let Err(error) = stages
+        .inactive(&mut Io::direct(&channel, &mut writer))
+        .await
+    {
         tracing::debug!(channel = %channel.id(), %error, "a handler failed while the connection closed");
     }
     if socket_healthy {
         // Flush what handlers and other tasks queued before the close, within the timeout.
         let flush = poll_fn(|cx| writer.poll_flush_outbound(cx));
-        if tokio::time::timeout(config.close_timeout, flush).await.is_err() {
+        if tokio::time::timeout(config.close_timeout, flush)
+            .await
+            .is_err()
+        {
             tracing::debug!(channel = %channel.id(), "the peer did not take the last writes in time");
         }
     }

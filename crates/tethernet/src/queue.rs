@@ -139,13 +139,13 @@ impl<T: MessageSize> ByteSender<T> {
         });
         Ok(())
     }
-
 }
 
 impl<T> ByteReceiver<T> {
     fn release(&self, slot: Slot<T>) -> T {
-        self.capacity.add_permits(slot.permits as usize);
+        // Uncount before freeing room, so the meter never shows more than the cap.
         self.stats.meter(self.kind).sub(slot.bytes);
+        self.capacity.add_permits(slot.permits as usize);
         slot.item
     }
 
@@ -193,7 +193,10 @@ impl<T> Drop for ByteReceiver<T> {
 
 impl<T> ByteReceiver<T> {
     /// Polls for the next message (see [`ByteReceiver::recv`]).
-    pub(crate) fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         match self.rx.poll_recv(cx) {
             std::task::Poll::Ready(Some(slot)) => std::task::Poll::Ready(Some(self.release(slot))),
             std::task::Poll::Ready(None) => std::task::Poll::Ready(None),

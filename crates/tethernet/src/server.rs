@@ -285,8 +285,7 @@ impl Server {
                         return;
                     }
                 };
-                let (channel, outbound) = match connection::new_channel(&stream, &config, closing)
-                {
+                let (channel, outbound) = match connection::new_channel(&stream, &config, closing) {
                     Ok(parts) => parts,
                     Err(error) => {
                         tracing::debug!(%error, "accepted socket closed before it was served");

@@ -94,7 +94,25 @@ macro_rules! plain_size {
     )*};
 }
 
-plain_size!((), bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+plain_size!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64
+);
 
 #[cfg(feature = "json")]
 impl MessageSize for serde_json::Value {

@@ -106,7 +106,10 @@ impl ChannelStats {
 
     /// Total bytes held now, across kinds.
     pub fn total_bytes(&self) -> usize {
-        MemoryKind::ALL.iter().map(|k| self.meter(*k).current()).sum()
+        MemoryKind::ALL
+            .iter()
+            .map(|k| self.meter(*k).current())
+            .sum()
     }
 
     /// Frames decoded from the socket.

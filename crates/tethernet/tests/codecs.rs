@@ -524,6 +524,20 @@ fn delimiter_waits_when_the_tail_may_start_the_delimiter() {
 }
 
 #[test]
+fn delimiter_checks_the_length_of_a_last_frame_ending_like_a_delimiter() {
+    let mut codec = DelimiterCodec::new(b"\r\n", 8);
+    let mut buf = BytesMut::from(&b"12345678\r"[..]);
+    // Fine so far: the `\r` may start the delimiter.
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    // But at end of stream it belongs to a 9-byte frame.
+    let err = codec.decode_eof(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, CodecError::FrameTooLong { length: 9, max: 8 }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn delimiter_handles_self_overlapping_delimiters() {
     let mut codec = DelimiterCodec::new(b"abab", 16);
     let decoded = decode_bytewise(&mut codec, b"xabababy").unwrap();
@@ -654,10 +668,28 @@ fn varint_rejects_huge_announced_length_without_buffering() {
 }
 
 #[test]
+fn varint_reserves_room_for_exactly_the_announced_frame() {
+    let mut codec = VarintLengthCodec::new(1 << 20);
+    // 65536 as a varint, then the first payload byte.
+    let mut buf = BytesMut::from(&[0x80, 0x80, 0x04, b'a'][..]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() >= 3 + 65536, "capacity {}", buf.capacity());
+    buf.put_bytes(b'x', 65535);
+    let frame = codec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(frame.len(), 65536);
+    assert_eq!(frame[0], b'a');
+    assert!(buf.is_empty());
+}
+
+#[test]
 fn varint_rejects_malformed_prefixes() {
     let mut codec = VarintLengthCodec::new(1024);
     // More than 5 bytes.
     let mut buf = BytesMut::from(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00][..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::InvalidFrame(_)), "{err:?}");
+    // Detected as soon as the fifth byte says another one follows.
+    let mut buf = BytesMut::from(&[0xFF; 5][..]);
     let err = codec.decode(&mut buf).unwrap_err();
     assert!(matches!(err, CodecError::InvalidFrame(_)), "{err:?}");
     // Five bytes, but more than 32 bits.

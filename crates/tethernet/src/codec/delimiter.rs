@@ -186,3 +186,27 @@ impl<B: AsRef<[u8]>> Encoder<B> for DelimiterCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    #[test]
+    fn resumes_the_delimiter_search_where_it_stopped() {
+        let mut codec = DelimiterCodec::new(b"\r\n", 1024);
+        let mut buf = BytesMut::new();
+        for (fed, byte) in b"abcdef".iter().enumerate() {
+            buf.put_u8(*byte);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            assert_eq!(codec.next_index, fed + 1);
+        }
+        // A trailing `\r` may start the delimiter: resume from it.
+        buf.put_u8(b'\r');
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(codec.next_index, 6);
+        buf.put_u8(b'\n');
+        assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"abcdef");
+        assert_eq!(codec.next_index, 0);
+    }
+}

@@ -127,3 +127,22 @@ impl<S: AsRef<str>> Encoder<S> for LineCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumes_the_newline_search_where_it_stopped() {
+        let mut codec = LineCodec::new(1024);
+        let mut buf = BytesMut::new();
+        for (fed, byte) in b"abcdef".iter().enumerate() {
+            buf.put_u8(*byte);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            assert_eq!(codec.next_index, fed + 1);
+        }
+        buf.put_u8(b'\n');
+        assert_eq!(codec.decode(&mut buf).unwrap().as_deref(), Some("abcdef"));
+        assert_eq!(codec.next_index, 0);
+    }
+}

@@ -103,7 +103,10 @@ where
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// The connection is open and the pipeline is ready; called before any `read`.
-    fn active(&mut self, ctx: &mut Context<'_, Self::Next, W>) -> impl Future<Output = Result<()>> + Send {
+    fn active(
+        &mut self,
+        ctx: &mut Context<'_, Self::Next, W>,
+    ) -> impl Future<Output = Result<()>> + Send {
         let _ = ctx;
         ready(Ok(()))
     }

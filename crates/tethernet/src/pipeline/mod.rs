@@ -96,11 +96,7 @@ where
     /// the I/O threads, still in order per connection. Messages reach it through a queue
     /// capped at [`Executor::queue_capacity`] bytes per connection; while the queue is
     /// full the connection stops reading its socket.
-    pub fn on<H>(
-        self,
-        executor: &Executor,
-        handler: H,
-    ) -> PipelineBuilder<C, H::Next, W, S::Output>
+    pub fn on<H>(self, executor: &Executor, handler: H) -> PipelineBuilder<C, H::Next, W, S::Output>
     where
         H: Handler<M, W>,
         M: MessageSize,

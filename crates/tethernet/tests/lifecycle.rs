@@ -1,0 +1,201 @@
+//! Connection lifecycle: writes from other tasks through a `Channel`, bad input, handler
+//! errors, and server shutdown with clients connected.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use common::{default_server, frame, read_frame, start};
+use tethernet::codec::{CodecError, LengthFieldCodec};
+use tethernet::pipeline::Stage;
+use tethernet::{Channel, Context, Error, Handler, MemoryKind, Pipeline, Result};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Echoes, hands its channel to the test, reports errors, and fails on the frame "boom".
+struct Probe {
+    channels: mpsc::Sender<Channel<BytesMut>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Handler<BytesMut, BytesMut> for Probe {
+    type Next = BytesMut;
+
+    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+        self.channels
+            .send(ctx.channel().clone())
+            .await
+            .map_err(Error::other)
+    }
+
+    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+        if &f[..] == b"boom" {
+            return Err(Error::other("the handler failed on purpose"));
+        }
+        ctx.write(f).await
+    }
+
+    async fn error(
+        &mut self,
+        _ctx: &mut Context<'_, BytesMut, BytesMut>,
+        error: &Error,
+    ) -> Result<()> {
+        let description = match error.codec_error::<CodecError>() {
+            Some(codec) if codec.is_frame_too_long() => "frame too long".to_owned(),
+            _ => error.to_string(),
+        };
+        self.errors.lock().unwrap().push(description);
+        Ok(())
+    }
+}
+
+/// A pipeline-making function names its stages with `impl Stage`.
+fn probe_pipeline(
+    channels: &mpsc::Sender<Channel<BytesMut>>,
+    errors: &Arc<Mutex<Vec<String>>>,
+) -> Pipeline<LengthFieldCodec, impl Stage<BytesMut, BytesMut>, BytesMut> {
+    Pipeline::builder(LengthFieldCodec::new(1024))
+        .handler(Probe {
+            channels: channels.clone(),
+            errors: errors.clone(),
+        })
+        .build()
+}
+
+#[tokio::test]
+async fn writes_from_another_task_arrive_in_order() {
+    let (tx, mut channels) = mpsc::channel(4);
+    let server = start(default_server(), {
+        let errors = Arc::default();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let channel = channels.recv().await.unwrap();
+
+    let writer = tokio::spawn(async move {
+        for i in 0u32..2000 {
+            channel
+                .write(BytesMut::from(&i.to_be_bytes()[..]))
+                .await
+                .unwrap();
+        }
+        channel
+    });
+    for i in 0u32..2000 {
+        let reply = read_frame(&mut client).await.expect("connection open");
+        assert_eq!(reply, i.to_be_bytes(), "write {i} out of order");
+    }
+    let channel = writer.await.unwrap();
+    assert!(channel.stats().meter(MemoryKind::OutboundQueue).peak() <= 64 * 1024);
+
+    // A close from outside: the client sees the end of the stream, the handle sees closed.
+    channel.close();
+    channel.closed().await;
+    assert!(read_frame(&mut client).await.is_none());
+    assert_eq!(channel.stats().total_bytes(), 0);
+    assert!(channel
+        .write(BytesMut::from(&b"late"[..]))
+        .await
+        .unwrap_err()
+        .is_closed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_length_header_closes_only_that_connection() {
+    let (tx, mut channels) = mpsc::channel(4);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let server = start(default_server(), {
+        let errors = errors.clone();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+
+    let mut good = TcpStream::connect(server.addr).await.unwrap();
+    let _good_channel = channels.recv().await.unwrap();
+    let mut bad = TcpStream::connect(server.addr).await.unwrap();
+    let bad_channel = channels.recv().await.unwrap();
+
+    // A header claiming 4 GiB: refused from the header alone, nothing of that size allocated.
+    bad.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    bad.write_all(b"some bytes of the supposed frame")
+        .await
+        .unwrap();
+    bad_channel.closed().await;
+    assert!(bad_channel.stats().meter(MemoryKind::ReadBuffer).peak() < 128 * 1024);
+    assert!(
+        read_frame(&mut bad).await.is_none(),
+        "the bad client is disconnected"
+    );
+    assert_eq!(errors.lock().unwrap().as_slice(), ["frame too long"]);
+
+    // Everyone else is still served.
+    good.write_all(&frame(b"still here")).await.unwrap();
+    assert_eq!(read_frame(&mut good).await.unwrap(), b"still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn handler_error_closes_only_that_connection() {
+    let (tx, mut channels) = mpsc::channel(4);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let server = start(default_server(), {
+        let errors = errors.clone();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+    let mut good = TcpStream::connect(server.addr).await.unwrap();
+    let _good_channel = channels.recv().await.unwrap();
+    let mut failing = TcpStream::connect(server.addr).await.unwrap();
+    let failing_channel = channels.recv().await.unwrap();
+
+    failing.write_all(&frame(b"before")).await.unwrap();
+    failing.write_all(&frame(b"boom")).await.unwrap();
+    failing.write_all(&frame(b"after")).await.unwrap();
+    assert_eq!(read_frame(&mut failing).await.unwrap(), b"before");
+    assert!(
+        read_frame(&mut failing).await.is_none(),
+        "nothing after the failure"
+    );
+    failing_channel.closed().await;
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].contains("the handler failed on purpose") && errors[0].contains("Probe"),
+        "{errors:?}"
+    );
+
+    good.write_all(&frame(b"fine")).await.unwrap();
+    assert_eq!(read_frame(&mut good).await.unwrap(), b"fine");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connected_clients_and_returns() {
+    let (tx, mut channels) = mpsc::channel(16);
+    let server = start(default_server(), {
+        let errors = Arc::default();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+    let mut clients = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..10u8 {
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        client.write_all(&frame(&[i; 100])).await.unwrap();
+        assert_eq!(read_frame(&mut client).await.unwrap(), [i; 100]);
+        handles.push(channels.recv().await.unwrap());
+        clients.push(client);
+    }
+    server.stop().await;
+    for channel in &handles {
+        assert!(channel.is_closed(), "{channel:?} still open after shutdown");
+        assert_eq!(channel.stats().total_bytes(), 0);
+    }
+    for client in &mut clients {
+        assert!(read_frame(client).await.is_none());
+    }
+}
