@@ -65,6 +65,11 @@ pub mod server;
 pub mod size;
 pub mod stats;
 
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub use channel::{Channel, ChannelId};
 pub use client::{Client, ClientBuilder, Connection};
 pub use error::{Error, Result};
