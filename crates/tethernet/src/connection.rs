@@ -13,8 +13,9 @@
 //! read from); the outbound queue is capped in bytes. Memory while idle: the read buffer is
 //! released whenever it holds no partial frame, and the write buffer whenever it is empty.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
@@ -125,7 +126,32 @@ pub(crate) async fn run<C, S, W>(
     };
 
     let outcome = drive(&stream, &mut reader, &mut writer, &mut stages, &channel).await;
+    // The closing steps run once per connection; boxing them keeps their state (handler
+    // futures, the close timer) out of the connection task, which every idle connection
+    // pays for.
+    Box::pin(close(outcome, &mut writer, &mut stages, &channel, &config)).await;
+    writer.outbound.close_and_discard();
+    reader.release(&stats);
+    writer.release();
+    drop(writer);
+    drop(stream);
+    channel.shared.closed.cancel();
+}
 
+/// Tells the pipeline the connection is going away and flushes what is left.
+async fn close<C, S, W>(
+    outcome: Result<()>,
+    writer: &mut Writer<'_, C, W>,
+    stages: &mut S,
+    channel: &Channel<W>,
+    config: &ConnectionConfig,
+) where
+    C: Decoder + Encoder<W> + Send + 'static,
+    C::Item: Send + 'static,
+    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
     // From here on the connection is closing: executors stop taking its work, other
     // tasks' writes are refused, and no more frames are read.
     channel.close();
@@ -144,15 +170,10 @@ pub(crate) async fn run<C, S, W>(
             }
         }
         if !error.is_closed() {
-            stages
-                .error(&mut Io::direct(&channel, &mut writer), error)
-                .await;
+            stages.error(&mut Io::direct(channel, writer), error).await;
         }
     }
-    if let Err(error) = stages
-        .inactive(&mut Io::direct(&channel, &mut writer))
-        .await
-    {
+    if let Err(error) = stages.inactive(&mut Io::direct(channel, writer)).await {
         tracing::debug!(channel = %channel.id(), %error, "a handler failed while the connection closed");
     }
     if socket_healthy {
@@ -165,12 +186,6 @@ pub(crate) async fn run<C, S, W>(
             tracing::debug!(channel = %channel.id(), "the peer did not take the last writes in time");
         }
     }
-    writer.outbound.close_and_discard();
-    reader.release(&stats);
-    writer.release();
-    drop(writer);
-    drop(stream);
-    channel.shared.closed.cancel();
 }
 
 /// The read loop. Returns when the connection should close: `Ok` for a close asked for or
@@ -191,7 +206,8 @@ where
     W: MessageSize + Send + 'static,
 {
     let stats = writer.stats;
-    stages.active(&mut Io::direct(channel, writer)).await?;
+    let mut closing = pin!(channel.shared.closing.cancelled());
+    Box::pin(stages.active(&mut Io::direct(channel, writer))).await?;
     loop {
         // Hand every complete frame to the pipeline, one at a time. A stage that cannot
         // take a frame (an executor's queue is full) holds this loop, so nothing more is
@@ -213,12 +229,37 @@ where
         writer.write_until(0)?;
         writer.settle();
 
+        // Wait for the next thing to do. Polling readiness directly (rather than
+        // `select!` over `readable()`, `writable()` and `recv()` futures) keeps no waiter
+        // state in the task: this await point is where idle connections spend their life,
+        // so its size is what each of them costs.
         let under_watermark = !writer.is_over_high_watermark();
         let has_pending_writes = !writer.buffer.is_empty();
-        tokio::select! {
-            biased;
-            _ = channel.closing() => return Ok(()),
-            ready = stream.readable(), if under_watermark => {
+        let wake = poll_fn(|cx| {
+            if closing.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Closing);
+            }
+            if under_watermark {
+                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                    return Poll::Ready(Wake::Readable(ready));
+                }
+            }
+            if has_pending_writes {
+                if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                    return Poll::Ready(Wake::Writable(ready));
+                }
+            }
+            if under_watermark {
+                if let Poll::Ready(Some(message)) = writer.outbound.poll_recv(cx) {
+                    return Poll::Ready(Wake::Outbound(message));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Closing => return Ok(()),
+            Wake::Readable(ready) => {
                 ready?;
                 match reader.read(stream, stats) {
                     Ok(0) => {
@@ -239,20 +280,26 @@ where
                     Err(error) => return Err(error.into()),
                 }
             }
-            ready = stream.writable(), if has_pending_writes => {
-                ready?;
-            }
-            message = writer.outbound.recv(), if under_watermark => {
-                if let Some(message) = message {
+            Wake::Writable(ready) => ready?,
+            Wake::Outbound(message) => {
+                writer.encode(message)?;
+                while !writer.is_over_high_watermark() {
+                    let Some(message) = writer.outbound.try_recv() else {
+                        break;
+                    };
                     writer.encode(message)?;
-                    while !writer.is_over_high_watermark() {
-                        let Some(message) = writer.outbound.try_recv() else { break };
-                        writer.encode(message)?;
-                    }
                 }
             }
         }
     }
+}
+
+/// What woke the connection task.
+enum Wake<W> {
+    Closing,
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+    Outbound(W),
 }
 
 /// The read side: the read buffer and its sizing.
