@@ -37,6 +37,10 @@ pub struct EchoArgs {
     /// I/O threads of each server.
     #[arg(long, default_value_t = 1)]
     pub server_threads: usize,
+    /// Pairs of runs per size (the order alternates every round); the ratios
+    /// use the median over rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// CPUs the servers are pinned to with `taskset -c` ("none" to not pin).
     #[arg(long, default_value = "0")]
     pub server_cpus: String,
@@ -49,6 +53,9 @@ pub struct EchoArgs {
     /// `--max-frame` passed to the framework's echo example.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_frame: usize,
+    /// Read buffer of the hand-written server(s), in bytes.
+    #[arg(long, default_value_t = crate::server::DEFAULT_READ_BUF)]
+    pub hand_read_buf: usize,
     /// Extra argument for the framework's echo example (repeatable).
     #[arg(long = "echo-arg", allow_hyphen_values = true)]
     pub echo_args: Vec<String>,
@@ -93,6 +100,9 @@ pub struct FairnessArgs {
     /// `--max-frame` passed to the framework's echo example.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_frame: usize,
+    /// Read buffer of the hand-written server(s), in bytes.
+    #[arg(long, default_value_t = crate::server::DEFAULT_READ_BUF)]
+    pub hand_read_buf: usize,
     /// Extra argument for the framework's echo example (repeatable).
     #[arg(long = "echo-arg", allow_hyphen_values = true)]
     pub echo_args: Vec<String>,
@@ -104,10 +114,14 @@ pub struct FairnessArgs {
 /// One server's run, summarised.
 struct Run {
     server: String,
+    /// Round number, from 1.
+    round: usize,
     size: usize,
     fps: f64,
     latency: Latency,
     spread: Spread,
+    /// Frames served per connection, by connection id.
+    per_conn: Vec<u64>,
     errors: u64,
     server_cpu_pct: Option<f64>,
     client_cpu_pct: Option<f64>,
@@ -119,10 +133,12 @@ impl Run {
         let pct = |cpu: Option<f64>| cpu.map(|c| 100.0 * c / r.measured_secs);
         Run {
             server: server.to_string(),
+            round: 1,
             size,
             fps: r.frames_per_sec(),
             latency: stats::latency(&r.latency),
             spread: stats::spread(&r.per_conn),
+            per_conn: r.per_conn.clone(),
             errors: r.errors,
             server_cpu_pct: pct(r.server_cpu_secs),
             client_cpu_pct: pct(r.client_cpu_secs),
@@ -130,13 +146,36 @@ impl Run {
         }
     }
 
+    /// Frames served per second of server CPU time: server efficiency, which
+    /// stays comparable when the load generator is the bottleneck.
+    fn frames_per_cpu_sec(&self) -> Option<f64> {
+        self.server_cpu_pct
+            .filter(|&p| p >= 1.0)
+            .map(|p| self.fps / (p / 100.0))
+    }
+
+    /// [`Run::to_json`] plus the frames served by every connection.
+    fn to_json_with_counts(&self) -> Json {
+        let mut v = self.to_json();
+        if let Json::Obj(fields) = &mut v {
+            let counts = self.per_conn.iter().map(|&n| Json::Int(n)).collect();
+            fields.push(("frames_by_connection".into(), Json::Arr(counts)));
+        }
+        v
+    }
+
     fn to_json(&self) -> Json {
         let l = &self.latency;
         let s = &self.spread;
         Json::obj([
             ("server", Json::Str(self.server.clone())),
+            ("round", Json::Int(self.round as u64)),
             ("size", Json::Int(self.size as u64)),
             ("frames_per_sec", Json::Num(self.fps.round())),
+            (
+                "frames_per_server_cpu_sec",
+                Json::opt_num(self.frames_per_cpu_sec().map(f64::round)),
+            ),
             (
                 "latency_us",
                 Json::obj([
@@ -208,6 +247,7 @@ fn handwritten_spec(
     name: &str,
     threads: usize,
     runtime: &str,
+    read_buf: usize,
     cpus: Option<String>,
 ) -> Result<ServerSpec, String> {
     Ok(ServerSpec {
@@ -221,6 +261,8 @@ fn handwritten_spec(
             &threads.to_string(),
             "--runtime",
             runtime,
+            "--read-buf",
+            &read_buf.to_string(),
         ]
         .map(String::from)
         .to_vec(),
@@ -258,11 +300,33 @@ fn framework_spec(
     }
 }
 
+/// Rejects load parameters the generator cannot run.
+fn check_load(sizes: &[usize], connections: usize, in_flight: usize) -> Result<(), String> {
+    if sizes.is_empty() {
+        return Err("no frame sizes given".into());
+    }
+    if let Some(s) = sizes.iter().find(|&&s| s < load::HEADER) {
+        return Err(format!(
+            "frame size {s} is too small: the payload carries a {}-byte id and sequence number",
+            load::HEADER
+        ));
+    }
+    if connections == 0 || in_flight == 0 {
+        return Err("--connections and --in-flight must be at least 1".into());
+    }
+    Ok(())
+}
+
 /// Starts `spec`, runs the load against it, and stops it.
 fn measure(spec: &ServerSpec, cfg: &LoadConfig) -> Result<Run, String> {
     eprintln!(
-        "-- {} B frames: {} ({} conns x {} in flight, {:?} warm-up + {:?})",
-        cfg.size, spec.name, cfg.connections, cfg.in_flight, cfg.warmup, cfg.duration
+        "-- {} B frames: {} ({} conns x {} in flight, {:.1}s warm-up + {:.1}s)",
+        cfg.size,
+        spec.name,
+        cfg.connections,
+        cfg.in_flight,
+        cfg.warmup.as_secs_f64(),
+        cfg.duration.as_secs_f64()
     );
     let server = child::start(spec)?;
     let cfg = LoadConfig {
@@ -312,6 +376,7 @@ fn write_json(path: &Option<PathBuf>, value: Json) -> Result<(), String> {
 
 /// Runs the `echo` benchmark. Returns `Ok(false)` if a run saw errors.
 pub fn echo(a: &EchoArgs) -> Result<bool, String> {
+    check_load(&a.sizes, a.connections, a.in_flight)?;
     let echo_bin = child::echo_bin(a.echo_bin.as_deref())?;
     let server_cpus = cpu_opt(Some(&a.server_cpus))?;
     let client_cpus = cpu_opt(Some(&a.client_cpus))?
@@ -324,6 +389,7 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
         "hand-written",
         a.server_threads,
         "current-per-core",
+        a.hand_read_buf,
         server_cpus.clone(),
     )?;
     let fw = framework_spec(
@@ -344,9 +410,10 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
         client_cpus: client_cpus.clone(),
     };
     println!(
-        "echo benchmark: framework {} vs hand-written tokio; {} conns x {} in flight; \
-         server threads {}, server CPUs {}, client threads {} on CPUs {}",
+        "echo benchmark: framework {} vs hand-written tokio (read buffer {} B); {} conns x {} \
+         in flight; server threads {}, server CPUs {}, client threads {} on CPUs {}",
         echo_bin.display(),
+        a.hand_read_buf,
         a.connections,
         a.in_flight,
         a.server_threads,
@@ -356,29 +423,44 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
     );
 
     let mut runs: Vec<Run> = Vec::new();
-    for (i, &size) in a.sizes.iter().enumerate() {
+    let mut failure = None;
+    let rounds = a.rounds.max(1);
+    'sizes: for (i, &size) in a.sizes.iter().enumerate() {
         let cfg = LoadConfig {
             size,
             ..base.clone()
         };
-        // Alternate which server goes first so neither always gets the
-        // warmer (or the more disturbed) machine.
-        let order = if i % 2 == 0 {
-            [&hand, &fw]
-        } else {
-            [&fw, &hand]
-        };
-        for spec in order {
-            runs.push(measure(spec, &cfg)?);
+        for round in 0..rounds {
+            // Alternate which server goes first so neither always gets the
+            // warmer (or the more disturbed) machine.
+            let order = if (i + round) % 2 == 0 {
+                [&hand, &fw]
+            } else {
+                [&fw, &hand]
+            };
+            for spec in order {
+                match measure(spec, &cfg) {
+                    Ok(run) => runs.push(Run {
+                        round: round + 1,
+                        ..run
+                    }),
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'sizes;
+                    }
+                }
+            }
         }
     }
 
     println!();
     println!(
-        "{:>6}  {:<13} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "{:>6} {:>2}  {:<13} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}",
         "size",
+        "#",
         "server",
         "frames/s",
+        "frames/cpu-s",
         "p50 us",
         "p99 us",
         "p99.9 us",
@@ -389,10 +471,12 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
     );
     for r in &runs {
         println!(
-            "{:>6}  {:<13} {:>12} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>8} {:>8} {:>6}",
+            "{:>6} {:>2}  {:<13} {:>12} {:>12} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>8} {:>8} {:>6}",
             r.size,
+            r.round,
             r.server,
             grouped(r.fps),
+            r.frames_per_cpu_sec().map_or("-".into(), grouped),
             r.latency.p50_us,
             r.latency.p99_us,
             r.latency.p999_us,
@@ -402,24 +486,58 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
             r.errors
         );
     }
-    print_cpu_legend();
+    print_cpu_legend(&runs);
     println!();
     let mut ratios = Vec::new();
-    for &size in &a.sizes {
-        let find = |name: &str| runs.iter().find(|r| r.size == size && r.server == name);
-        let (Some(h), Some(f)) = (find("hand-written"), find("framework")) else {
+    if runs
+        .iter()
+        .any(|r| r.client_cpu_pct.is_some_and(|c| c >= 95.0))
+    {
+        println!(
+            "note: the load generator used >= 95% of its core in some runs, so frames/s may be \
+             capped by the client; frames/cpu-s (per second of server CPU) compares server \
+             efficiency regardless"
+        );
+    }
+    if rounds > 1 {
+        println!("ratios below use the median over {rounds} rounds");
+    }
+    // Runs come in groups of 2 x rounds, one group per entry of --sizes.
+    for group in runs.chunks(2 * rounds) {
+        let median_of = |name: &str, f: &dyn Fn(&Run) -> Option<f64>| {
+            stats::median(group.iter().filter(|r| r.server == name).filter_map(f))
+        };
+        let ratio = |f: &dyn Fn(&Run) -> Option<f64>| {
+            median_of("framework", f)
+                .zip(median_of("hand-written", f))
+                .map(|(fw, hw)| fw / hw)
+        };
+        let Some(fps_ratio) = ratio(&|r| Some(r.fps)) else {
             continue;
         };
-        let fps_ratio = f.fps / h.fps;
-        let p99_ratio = f.latency.p99_us / h.latency.p99_us;
+        let p99_ratio = ratio(&|r| Some(r.latency.p99_us));
+        let eff_ratio = ratio(&Run::frames_per_cpu_sec);
+        let size = group[0].size;
+        let fmt = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
         println!(
-            "{size:>6} B  framework/hand-written: frames/s {fps_ratio:.3} ({}, target >= 0.95), p99 {p99_ratio:.3}",
-            if fps_ratio >= 0.95 { "ok" } else { "BELOW TARGET" },
+            "{size:>6} B  framework/hand-written: frames/s {fps_ratio:.3} ({}, target >= 0.95), \
+             p99 {}, frames/cpu-s {}",
+            if fps_ratio >= 0.95 {
+                "ok"
+            } else {
+                "BELOW TARGET"
+            },
+            fmt(p99_ratio),
+            fmt(eff_ratio),
         );
         ratios.push(Json::obj([
             ("size", Json::Int(size as u64)),
             ("frames_per_sec", Json::Num(round4(fps_ratio))),
-            ("p99", Json::Num(round4(p99_ratio))),
+            ("p99", Json::opt_num(p99_ratio.map(round4))),
+            (
+                "frames_per_server_cpu_sec",
+                Json::opt_num(eff_ratio.map(round4)),
+            ),
             ("meets_target", Json::Bool(fps_ratio >= 0.95)),
         ]));
     }
@@ -438,6 +556,8 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
                     ("duration_secs", Json::Num(a.duration_secs)),
                     ("warmup_secs", Json::Num(a.warmup_secs)),
                     ("server_threads", Json::Int(a.server_threads as u64)),
+                    ("rounds", Json::Int(rounds as u64)),
+                    ("hand_read_buf", Json::Int(a.hand_read_buf as u64)),
                     ("server_cpus", server_cpus.map_or(Json::Null, Json::Str)),
                     ("client_cpus", Json::Str(a.client_cpus.clone())),
                     ("client_threads", Json::Int(client_threads as u64)),
@@ -448,20 +568,34 @@ pub fn echo(a: &EchoArgs) -> Result<bool, String> {
                 Json::Arr(runs.iter().map(Run::to_json).collect()),
             ),
             ("ratios", Json::Arr(ratios)),
-            ("ok", Json::Bool(ok)),
+            ("ok", Json::Bool(ok && failure.is_none())),
+            ("error", failure.clone().map_or(Json::Null, Json::Str)),
         ]),
     )?;
-    Ok(ok)
+    failure.map_or(Ok(ok), Err)
 }
 
-fn print_cpu_legend() {
+/// Share of one core that other processes may use before a run is flagged.
+const NOISY_PCT: f64 = 25.0;
+
+/// Explains the CPU columns and flags runs disturbed by other processes.
+fn print_cpu_legend(runs: &[Run]) {
     println!(
         "(cpu: % of one core in the measured window; other = all other processes, i.e. noise)"
     );
+    for r in runs {
+        if let Some(other) = r.other_cpu_pct.filter(|&o| o > NOISY_PCT) {
+            println!(
+                "warning: {} B / {}: other processes used {other:.0}% of a core; this run is noisy",
+                r.size, r.server
+            );
+        }
+    }
 }
 
 /// Runs the `fairness` benchmark. Returns `Ok(false)` if a run saw errors.
 pub fn fairness(a: &FairnessArgs) -> Result<bool, String> {
+    check_load(&[a.size], a.connections, a.in_flight)?;
     let echo_bin = child::echo_bin(a.echo_bin.as_deref())?;
     let server_cpus = cpu_opt(a.server_cpus.as_deref())?;
     let client_cpus = cpu_opt(a.client_cpus.as_deref())?
@@ -476,8 +610,20 @@ pub fn fairness(a: &FairnessArgs) -> Result<bool, String> {
             &a.echo_args,
             server_cpus.clone(),
         ),
-        handwritten_spec("hand-per-core", t, "current-per-core", server_cpus.clone())?,
-        handwritten_spec("hand-multi", t, "multi", server_cpus.clone())?,
+        handwritten_spec(
+            "hand-per-core",
+            t,
+            "current-per-core",
+            a.hand_read_buf,
+            server_cpus.clone(),
+        )?,
+        handwritten_spec(
+            "hand-multi",
+            t,
+            "multi",
+            a.hand_read_buf,
+            server_cpus.clone(),
+        )?,
     ];
     let cfg = LoadConfig {
         addr: ([127, 0, 0, 1], 0).into(),
@@ -501,8 +647,15 @@ pub fn fairness(a: &FairnessArgs) -> Result<bool, String> {
         a.client_cpus.as_deref().unwrap_or("any"),
     );
     let mut runs = Vec::new();
+    let mut failure = None;
     for spec in &specs {
-        runs.push(measure(spec, &cfg)?);
+        match measure(spec, &cfg) {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
     }
 
     println!();
@@ -546,7 +699,7 @@ pub fn fairness(a: &FairnessArgs) -> Result<bool, String> {
         );
     }
     println!("(min/p1/median/max: frames served per connection in the measured window)");
-    print_cpu_legend();
+    print_cpu_legend(&runs);
 
     let ok = runs.iter().all(|r| r.errors == 0);
     write_json(
@@ -569,16 +722,18 @@ pub fn fairness(a: &FairnessArgs) -> Result<bool, String> {
                         a.client_cpus.clone().map_or(Json::Null, Json::Str),
                     ),
                     ("client_threads", Json::Int(a.client_threads as u64)),
+                    ("hand_read_buf", Json::Int(a.hand_read_buf as u64)),
                 ]),
             ),
             (
                 "results",
-                Json::Arr(runs.iter().map(Run::to_json).collect()),
+                Json::Arr(runs.iter().map(Run::to_json_with_counts).collect()),
             ),
-            ("ok", Json::Bool(ok)),
+            ("ok", Json::Bool(ok && failure.is_none())),
+            ("error", failure.clone().map_or(Json::Null, Json::Str)),
         ]),
     )?;
-    Ok(ok)
+    failure.map_or(Ok(ok), Err)
 }
 
 #[cfg(test)]

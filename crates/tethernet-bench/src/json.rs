@@ -30,6 +30,10 @@ impl Json {
         v.map_or(Json::Null, Json::Num)
     }
 
+    fn is_scalar(&self) -> bool {
+        !matches!(self, Json::Arr(_) | Json::Obj(_))
+    }
+
     /// Serialises with two-space indentation.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -52,6 +56,17 @@ impl Json {
             }
             Json::Str(s) => write_str(out, s),
             Json::Arr(items) if items.is_empty() => out.push_str("[]"),
+            Json::Arr(items) if items.iter().all(Json::is_scalar) => {
+                // Arrays of numbers (e.g. per-connection counts) stay on one line.
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write(out, depth);
+                }
+                out.push(']');
+            }
             Json::Arr(items) => {
                 out.push_str("[\n");
                 for (i, item) in items.iter().enumerate() {
@@ -110,13 +125,14 @@ mod tests {
                 "c",
                 Json::Arr(vec![Json::Num(1.5), Json::Num(f64::INFINITY)]),
             ),
+            ("g", Json::Arr(vec![Json::Arr(vec![])])),
             ("d", Json::Obj(vec![])),
             ("e", Json::Bool(true)),
             ("f", Json::Null),
         ]);
         assert_eq!(
             v.render(),
-            "{\n  \"a\": 1,\n  \"b\": \"x\\\"y\",\n  \"c\": [\n    1.5,\n    null\n  ],\n  \"d\": {},\n  \"e\": true,\n  \"f\": null\n}\n"
+            "{\n  \"a\": 1,\n  \"b\": \"x\\\"y\",\n  \"c\": [1.5, null],\n  \"g\": [\n    []\n  ],\n  \"d\": {},\n  \"e\": true,\n  \"f\": null\n}\n"
         );
     }
 }

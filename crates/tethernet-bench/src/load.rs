@@ -106,6 +106,7 @@ pub fn run(cfg: &LoadConfig, server_pid: Option<u32>) -> Result<LoadResult, Stri
         return Err("frame size or connection count too large".into());
     }
     let threads = cfg.client_threads.clamp(1, cfg.connections.max(1));
+    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut start_txs = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
@@ -118,17 +119,18 @@ pub fn run(cfg: &LoadConfig, server_pid: Option<u32>) -> Result<LoadResult, Stri
         let cpu = cfg.client_cpus.as_ref().map(|c| c[t % c.len()]);
         let handle = thread::Builder::new()
             .name(format!("load-{t}"))
-            .spawn(move || client_thread(&cfg, cpu, ids, &ready_tx, &start_rx))
+            .spawn(move || client_thread(&cfg, cpu, ids, setup_deadline, &ready_tx, &start_rx))
             .map_err(|e| format!("spawn client thread: {e}"))?;
         handles.push(handle);
     }
     drop(ready_tx);
 
     // Wait until every thread has connected everything.
-    let setup_deadline = Instant::now() + SETUP_TIMEOUT;
     let mut setup_error = None;
     for _ in 0..threads {
-        let left = setup_deadline.saturating_duration_since(Instant::now());
+        // A little slack so a thread's own, more precise error arrives first.
+        let left =
+            (setup_deadline + Duration::from_secs(1)).saturating_duration_since(Instant::now());
         match ready_rx.recv_timeout(left) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -218,6 +220,7 @@ fn client_thread(
     cfg: &LoadConfig,
     cpu: Option<usize>,
     ids: Vec<usize>,
+    setup_deadline: Instant,
     ready_tx: &mpsc::Sender<Result<(), String>>,
     start_rx: &mpsc::Receiver<Option<Window>>,
 ) -> ThreadOutput {
@@ -234,7 +237,7 @@ fn client_thread(
             .enable_all()
             .build()
             .map_err(|e| format!("build runtime: {e}"))?;
-        let streams = rt.block_on(connect_all(cfg.addr, &ids))?;
+        let streams = rt.block_on(connect_all(cfg.addr, &ids, setup_deadline))?;
         Ok((rt, streams))
     })();
     let (rt, streams) = match setup {
@@ -287,11 +290,16 @@ fn client_thread(
 }
 
 /// Opens the connections one after another (so the server's backlog never
-/// overflows), each bounded by [`CONNECT_TIMEOUT`].
-async fn connect_all(addr: SocketAddr, ids: &[usize]) -> Result<Vec<TcpStream>, String> {
+/// overflows), each bounded by [`CONNECT_TIMEOUT`] and all by `deadline`.
+async fn connect_all(
+    addr: SocketAddr,
+    ids: &[usize],
+    deadline: Instant,
+) -> Result<Vec<TcpStream>, String> {
     let mut streams = Vec::with_capacity(ids.len());
     for &id in ids {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+        let stream = tokio::time::timeout_at(limit.into(), TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connection {id}: connect to {addr} timed out"))?
             .map_err(|e| format!("connection {id}: connect to {addr}: {e}"))?;
@@ -512,6 +520,61 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    fn config(addr: SocketAddr, connections: usize) -> LoadConfig {
+        LoadConfig {
+            addr,
+            connections,
+            in_flight: 4,
+            size: 100,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(300),
+            client_threads: 2,
+            client_cpus: None,
+        }
+    }
+
+    #[test]
+    fn against_handwritten_server() {
+        let port = crate::child::free_port().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        thread::spawn(move || {
+            crate::server::run(addr, 2, crate::server::RuntimeKind::CurrentPerCore, 8192)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let r = run(&config(addr, 5), None).unwrap();
+        assert_eq!(r.errors, 0, "{:?}", r.error_samples);
+        assert!(r.per_conn.iter().all(|&n| n > 0), "{:?}", r.per_conn);
+        assert_eq!(r.replies, r.latency.len());
+    }
+
+    #[test]
+    fn corrupted_reply_is_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut frame = [0u8; 104];
+            while s.read_exact(&mut frame).is_ok() {
+                frame[103] ^= 0xff;
+                if s.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        });
+        let r = run(&config(addr, 1), None).unwrap();
+        assert_eq!(r.errors, 1);
+        assert!(
+            r.error_samples[0].contains("corrupted"),
+            "{:?}",
+            r.error_samples
+        );
+    }
 
     #[test]
     fn frames_verify() {

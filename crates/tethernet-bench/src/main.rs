@@ -35,6 +35,9 @@ enum Cmd {
         /// Threading model.
         #[arg(long, value_enum, default_value_t = server::RuntimeKind::CurrentPerCore)]
         runtime: server::RuntimeKind,
+        /// Per-connection read buffer in bytes (grown to fit a larger frame).
+        #[arg(long, default_value_t = server::DEFAULT_READ_BUF)]
+        read_buf: usize,
     },
     /// Framework echo vs hand-written echo: frames/s, latency and their ratio.
     Echo(bench::EchoArgs),
@@ -52,7 +55,8 @@ fn main() -> ExitCode {
             listen,
             threads,
             runtime,
-        } => server::run(listen, threads, runtime)
+            read_buf,
+        } => server::run(listen, threads, runtime, read_buf)
             .map(|()| true)
             .map_err(|e| format!("handwritten-server: {e}")),
         Cmd::Echo(args) => bench::echo(&args),

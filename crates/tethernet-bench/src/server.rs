@@ -11,10 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
-/// Initial capacity of a connection's read buffer.
-const READ_BUF: usize = 8 * 1024;
-/// Minimum free space guaranteed before each read.
-const MIN_READ: usize = 4 * 1024;
+/// Default capacity of a connection's read buffer.
+pub const DEFAULT_READ_BUF: usize = 8 * 1024;
 /// Largest accepted frame payload; a bigger length prefix closes the connection.
 const MAX_FRAME: usize = 1024 * 1024;
 /// Listen backlog, large enough for thousands of connections arriving at once.
@@ -30,12 +28,19 @@ pub enum RuntimeKind {
     Multi,
 }
 
-/// Runs the hand-written echo server until the process is killed.
-pub fn run(listen: SocketAddr, threads: usize, kind: RuntimeKind) -> io::Result<()> {
+/// Runs the hand-written echo server until the process is killed. Each
+/// connection reads into a buffer of `read_buf` bytes (grown to fit a frame).
+pub fn run(
+    listen: SocketAddr,
+    threads: usize,
+    kind: RuntimeKind,
+    read_buf: usize,
+) -> io::Result<()> {
     let threads = threads.max(1);
+    let read_buf = read_buf.max(64);
     match kind {
-        RuntimeKind::CurrentPerCore => run_current_per_core(listen, threads),
-        RuntimeKind::Multi => run_multi(listen, threads),
+        RuntimeKind::CurrentPerCore => run_current_per_core(listen, threads, read_buf),
+        RuntimeKind::Multi => run_multi(listen, threads, read_buf),
     }
 }
 
@@ -50,7 +55,7 @@ fn bind(listen: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-fn run_current_per_core(listen: SocketAddr, threads: usize) -> io::Result<()> {
+fn run_current_per_core(listen: SocketAddr, threads: usize, read_buf: usize) -> io::Result<()> {
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
         let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
@@ -64,7 +69,7 @@ fn run_current_per_core(listen: SocketAddr, threads: usize) -> io::Result<()> {
                     while let Some(std_stream) = rx.recv().await {
                         match TcpStream::from_std(std_stream) {
                             Ok(stream) => {
-                                tokio::spawn(serve(stream));
+                                tokio::spawn(serve(stream, read_buf));
                             }
                             Err(e) => eprintln!("handwritten-server: register socket: {e}"),
                         }
@@ -103,7 +108,7 @@ fn run_current_per_core(listen: SocketAddr, threads: usize) -> io::Result<()> {
     })
 }
 
-fn run_multi(listen: SocketAddr, threads: usize) -> io::Result<()> {
+fn run_multi(listen: SocketAddr, threads: usize, read_buf: usize) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -113,7 +118,7 @@ fn run_multi(listen: SocketAddr, threads: usize) -> io::Result<()> {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve(stream));
+                    tokio::spawn(serve(stream, read_buf));
                 }
                 Err(e) => accept_error(e).await,
             }
@@ -128,19 +133,21 @@ async fn accept_error(e: io::Error) {
 }
 
 /// Serves one connection; errors just close it.
-async fn serve(stream: TcpStream) {
-    let _ = echo_connection(stream).await;
+async fn serve(stream: TcpStream, read_buf: usize) {
+    let _ = echo_connection(stream, read_buf).await;
 }
 
-async fn echo_connection(mut stream: TcpStream) -> io::Result<()> {
+async fn echo_connection(mut stream: TcpStream, read_buf: usize) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut rbuf = BytesMut::with_capacity(READ_BUF);
-    let mut wbuf = BytesMut::with_capacity(READ_BUF);
+    // Free space guaranteed before each read.
+    let min_read = read_buf / 2;
+    let mut rbuf = BytesMut::with_capacity(read_buf);
+    let mut wbuf = BytesMut::with_capacity(read_buf);
     // Total size (header + payload) of the incomplete frame at the head of
     // `rbuf`, if its header has been seen.
     let mut want = 0usize;
     loop {
-        rbuf.reserve(want.saturating_sub(rbuf.len()).max(MIN_READ));
+        rbuf.reserve(want.saturating_sub(rbuf.len()).max(min_read));
         if stream.read_buf(&mut rbuf).await? == 0 {
             return Ok(());
         }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -40,11 +40,26 @@ pub(crate) struct ChannelShared {
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) stats: Arc<ChannelStats>,
+    /// Set when a close is asked for; read per frame on the hot path (a relaxed load,
+    /// where `CancellationToken::is_cancelled` takes a lock).
+    pub(crate) close_requested: AtomicBool,
     /// Cancelled when anyone asks the connection to close (or the server shuts down):
     /// the connection task flushes what is queued, tells its handlers, and closes.
     pub(crate) closing: CancellationToken,
     /// Cancelled once the connection task has finished and the socket is closed.
     pub(crate) closed: CancellationToken,
+}
+
+impl ChannelShared {
+    /// True once a close was asked for through a handle or seen by the connection task.
+    pub(crate) fn close_requested(&self) -> bool {
+        self.close_requested.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn request_close(&self) {
+        self.close_requested.store(true, Ordering::Relaxed);
+        self.closing.cancel();
+    }
 }
 
 /// A handle to one connection: its identity, its live figures, and the ordered, bounded
@@ -105,12 +120,12 @@ impl<W> Channel<W> {
     /// timeout), handlers are told, then the socket is closed. Returns at once; await
     /// [`closed`](Channel::closed) to wait for the end.
     pub fn close(&self) {
-        self.shared.closing.cancel();
+        self.shared.request_close();
     }
 
     /// True once a close has been asked for (by anyone, or by the peer going away).
     pub fn is_closing(&self) -> bool {
-        self.shared.closing.is_cancelled()
+        self.shared.close_requested() || self.shared.closing.is_cancelled()
     }
 
     /// True once the connection is fully closed.
@@ -122,11 +137,6 @@ impl<W> Channel<W> {
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await
     }
-
-    /// Completes when a close has been asked for.
-    pub(crate) async fn closing(&self) {
-        self.shared.closing.cancelled().await
-    }
 }
 
 impl<W: MessageSize> Channel<W> {
@@ -134,21 +144,18 @@ impl<W: MessageSize> Channel<W> {
     ///
     /// Fails with [`Error::Closed`] if the connection is closed or closes while waiting.
     pub async fn write(&self, message: W) -> Result<()> {
-        if self.is_closing() {
+        if self.shared.close_requested() {
             return Err(Error::Closed);
         }
-        tokio::select! {
-            biased;
-            sent = self.outbound.send(message) => sent.map_err(|_| Error::Closed),
-            _ = self.closing() => Err(Error::Closed),
-        }
+        // A closed connection closes its queue, which wakes this wait with an error.
+        self.outbound.send(message).await.map_err(|_| Error::Closed)
     }
 
     /// Queues `message` if the outbound queue has room now; fails with [`Error::Full`]
     /// (dropping the message) if not, or [`Error::Closed`]. For writers that must never
     /// wait, such as a broadcast to many connections.
     pub fn try_write(&self, message: W) -> Result<()> {
-        if self.is_closing() {
+        if self.shared.close_requested() {
             return Err(Error::Closed);
         }
         match self.outbound.try_send(message) {

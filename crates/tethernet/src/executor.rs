@@ -319,13 +319,15 @@ where
 {
     async fn run(mut self) {
         let mut failed = self.step(Step::Active).await.is_err();
+        // The connection closes this queue's only sender when it closes (after setting
+        // its close flag), so `recv` wakes up for the close too.
         while !failed {
-            let item = tokio::select! {
-                biased;
-                _ = self.channel.closing() => break,
-                item = self.receiver.recv() => item,
+            let Some(item) = self.receiver.recv().await else {
+                break;
             };
-            let Some(item) = item else { break };
+            if self.channel.shared.close_requested() {
+                break;
+            }
             failed = self.step(Step::Item(item)).await.is_err();
         }
         let dropped = self.receiver.close_and_discard();

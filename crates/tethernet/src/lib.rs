@@ -52,6 +52,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod buffers;
 pub mod channel;
 pub mod client;
 pub mod codec;

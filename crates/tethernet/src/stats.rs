@@ -122,11 +122,15 @@ impl ChannelStats {
         self.messages_written.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn count_read(&self) {
-        self.messages_read.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_read(&self, messages: u64) {
+        if messages > 0 {
+            self.messages_read.fetch_add(messages, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn count_written(&self) {
-        self.messages_written.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_written(&self, messages: u64) {
+        if messages > 0 {
+            self.messages_written.fetch_add(messages, Ordering::Relaxed);
+        }
     }
 }
