@@ -3,7 +3,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +41,13 @@ pub(crate) struct ChannelShared {
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) stats: Arc<ChannelStats>,
-    /// Set when a close is asked for; read per frame on the hot path (a relaxed load,
-    /// where `CancellationToken::is_cancelled` takes a lock).
+    /// Set when anyone asks the connection to close (or the server shuts down): the
+    /// connection task flushes what is queued, tells its handlers, and closes. Read per
+    /// frame on the hot path, so a plain atomic (a `CancellationToken` takes a lock).
     pub(crate) close_requested: AtomicBool,
-    /// Cancelled when anyone asks the connection to close (or the server shuts down):
-    /// the connection task flushes what is queued, tells its handlers, and closes.
-    pub(crate) closing: CancellationToken,
+    /// The connection task's waker, woken by a close request. Registered once per
+    /// connection (a task's waker does not change), so waiting costs no lock.
+    pub(crate) close_waker: Mutex<Option<Waker>>,
     /// Cancelled once the connection task has finished and the socket is closed.
     pub(crate) closed: CancellationToken,
 }
@@ -57,8 +59,24 @@ impl ChannelShared {
     }
 
     pub(crate) fn request_close(&self) {
-        self.close_requested.store(true, Ordering::Relaxed);
-        self.closing.cancel();
+        if !self.close_requested.swap(true, Ordering::AcqRel) {
+            let waker = self
+                .close_waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Registers the connection task's waker for close requests.
+    pub(crate) fn register_close_waker(&self, waker: &Waker) {
+        *self
+            .close_waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waker.clone());
     }
 }
 
@@ -90,7 +108,7 @@ impl<W> fmt::Debug for Channel<W> {
         f.debug_struct("Channel")
             .field("id", &self.shared.id)
             .field("peer", &self.shared.peer)
-            .field("closing", &self.shared.closing.is_cancelled())
+            .field("closing", &self.shared.close_requested())
             .finish()
     }
 }
@@ -125,7 +143,7 @@ impl<W> Channel<W> {
 
     /// True once a close has been asked for (by anyone, or by the peer going away).
     pub fn is_closing(&self) -> bool {
-        self.shared.close_requested() || self.shared.closing.is_cancelled()
+        self.shared.close_requested()
     }
 
     /// True once the connection is fully closed.

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::sync::CancellationToken;
 
 use crate::channel::Channel;
 use crate::connection::{self, ConnectionConfig};
@@ -96,8 +95,7 @@ impl Client {
         W: MessageSize + Send + 'static,
     {
         let stream = TcpStream::connect(addr).await?;
-        let (channel, outbound) =
-            connection::new_channel(&stream, &self.config, CancellationToken::new())?;
+        let (channel, outbound) = connection::new_channel(&stream, &self.config)?;
         let stream = stream.into_std()?;
         let config = self.config.clone();
         let task_channel = channel.clone();

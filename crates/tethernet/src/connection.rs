@@ -13,15 +13,16 @@
 //! read from); the outbound queue is capped in bytes. Memory while idle: the read buffer is
 //! released whenever it holds no partial frame, and the write buffer whenever it is empty.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +75,6 @@ const WRITE_BUFFER_SIZE: usize = 8 * 1024;
 pub(crate) fn new_channel<W>(
     stream: &TcpStream,
     config: &ConnectionConfig,
-    closing: CancellationToken,
 ) -> io::Result<(Channel<W>, ByteReceiver<W>)> {
     let stats = Arc::new(ChannelStats::default());
     let (outbound, receiver) = byte_queue(
@@ -88,7 +88,7 @@ pub(crate) fn new_channel<W>(
         local: stream.local_addr()?,
         stats,
         close_requested: AtomicBool::new(false),
-        closing,
+        close_waker: Mutex::new(None),
         closed: CancellationToken::new(),
     });
     Ok((Channel { shared, outbound }, receiver))
@@ -96,7 +96,7 @@ pub(crate) fn new_channel<W>(
 
 /// Runs one connection to its end.
 pub(crate) async fn run<C, S, W>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     pipeline: Pipeline<C, S, W>,
     channel: Channel<W>,
     outbound: ByteReceiver<W>,
@@ -114,8 +114,13 @@ pub(crate) async fn run<C, S, W>(
         codec, mut stages, ..
     } = pipeline;
     let stats = channel.shared.stats.clone();
+    // Reads go through the read half's `AsyncRead`, which clears readiness after a short
+    // read (the socket is drained) and so saves a failing `recv` per batch; everything
+    // else uses the stream directly.
+    let (mut read_half, write_half) = stream.split();
+    let socket: &TcpStream = write_half.as_ref();
     let mut writer = Writer {
-        stream: &stream,
+        stream: socket,
         codec,
         buffer: BytesMut::new(),
         accounted: 0,
@@ -132,7 +137,15 @@ pub(crate) async fn run<C, S, W>(
         config: &config,
     };
 
-    let outcome = drive(&stream, &mut reader, &mut writer, &mut stages, &channel).await;
+    let outcome = drive(
+        socket,
+        &mut read_half,
+        &mut reader,
+        &mut writer,
+        &mut stages,
+        &channel,
+    )
+    .await;
     // The closing steps run once per connection; boxing them keeps their state (handler
     // futures, the close timer) out of the connection task, which every idle connection
     // pays for.
@@ -141,7 +154,17 @@ pub(crate) async fn run<C, S, W>(
     reader.release(&stats);
     writer.release();
     drop(writer);
+    drop(read_half);
+    drop(write_half);
     drop(stream);
+    // The registered waker refers to this task; a handle outliving the connection must
+    // not keep the task's memory alive.
+    channel
+        .shared
+        .close_waker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     channel.shared.closed.cancel();
 }
 
@@ -199,6 +222,7 @@ async fn close<C, S, W>(
 /// the peer's end of stream, `Err` for a failure.
 async fn drive<C, S, W>(
     stream: &TcpStream,
+    read_half: &mut ReadHalf<'_>,
     reader: &mut Reader<'_>,
     writer: &mut Writer<'_, C, W>,
     stages: &mut S,
@@ -213,7 +237,8 @@ where
     W: MessageSize + Send + 'static,
 {
     let stats = writer.stats;
-    let mut closing = pin!(channel.shared.closing.cancelled());
+    // The waker registered for close requests; re-registered only if it changes.
+    let mut close_waker: Option<std::task::Waker> = None;
     Box::pin(stages.active(&mut Io::direct(channel, writer))).await?;
     loop {
         // Hand every complete frame to the pipeline, one at a time. A stage that cannot
@@ -251,12 +276,25 @@ where
         let under_watermark = !writer.is_over_high_watermark();
         let has_pending_writes = !writer.buffer.is_empty();
         let wake = poll_fn(|cx| {
-            if closing.as_mut().poll(cx).is_ready() {
+            if !close_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                channel.shared.register_close_waker(cx.waker());
+                close_waker = Some(cx.waker().clone());
+            }
+            if channel.shared.close_requested() {
                 return Poll::Ready(Wake::Closing);
             }
+            // Readiness first, so that a buffer is taken only when there is data to read.
             if under_watermark {
                 if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                    return Poll::Ready(Wake::Readable(ready));
+                    if let Err(error) = ready {
+                        return Poll::Ready(Wake::Read(Err(error)));
+                    }
+                    if let Poll::Ready(read) = reader.poll_read(read_half, cx, stats) {
+                        return Poll::Ready(Wake::Read(read));
+                    }
                 }
             }
             if has_pending_writes {
@@ -273,13 +311,9 @@ where
         })
         .await;
         match wake {
-            Wake::Closing => {
-                channel.shared.request_close();
-                return Ok(());
-            }
-            Wake::Readable(ready) => {
-                ready?;
-                match reader.read(stream, stats) {
+            Wake::Closing => return Ok(()),
+            Wake::Read(read) => {
+                match read {
                     Ok(0) => {
                         // End of stream: frames still buffered are handed on, then close.
                         loop {
@@ -294,7 +328,6 @@ where
                         }
                     }
                     Ok(_) => {}
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                     Err(error) => return Err(error.into()),
                 }
             }
@@ -315,7 +348,8 @@ where
 /// What woke the connection task.
 enum Wake<W> {
     Closing,
-    Readable(io::Result<()>),
+    /// Bytes read into the read buffer (0 at the end of the stream).
+    Read(io::Result<usize>),
     Writable(io::Result<()>),
     Outbound(W),
 }
@@ -330,7 +364,12 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn read(&mut self, stream: &TcpStream, stats: &ChannelStats) -> io::Result<usize> {
+    fn poll_read(
+        &mut self,
+        source: &mut ReadHalf<'_>,
+        cx: &mut TaskContext<'_>,
+        stats: &ChannelStats,
+    ) -> Poll<io::Result<usize>> {
         if self.buffer.capacity() == 0 {
             self.buffer = buffers::take(self.read_size);
         }
@@ -339,15 +378,21 @@ impl Reader<'_> {
             self.buffer.reserve(self.read_size);
         }
         let spare = self.buffer.capacity() - self.buffer.len();
-        let result = stream.try_read_buf(&mut self.buffer);
-        if let Ok(n) = result {
-            // Adapt the read size as Netty's adaptive allocator does: grow while reads fill
-            // the buffer, shrink when they use little of it.
-            if n == spare && self.read_size < self.config.max_read_size {
-                self.read_size = (self.read_size * 2).min(self.config.max_read_size);
-            } else if n < self.read_size / 8 && self.read_size > self.config.initial_read_size {
-                self.read_size /= 2;
+        let result = tokio_util::io::poll_read_buf(Pin::new(source), cx, &mut self.buffer);
+        match &result {
+            Poll::Ready(Ok(n)) => {
+                // Adapt the read size as Netty's adaptive allocator does: grow while
+                // reads fill the buffer, shrink when they use little of it.
+                if *n == spare && self.read_size < self.config.max_read_size {
+                    self.read_size = (self.read_size * 2).min(self.config.max_read_size);
+                } else if *n < self.read_size / 8 && self.read_size > self.config.initial_read_size
+                {
+                    self.read_size /= 2;
+                }
             }
+            // Readiness was stale: do not hold a buffer while waiting.
+            Poll::Pending => self.settle(stats),
+            Poll::Ready(Err(_)) => {}
         }
         self.account(stats);
         result

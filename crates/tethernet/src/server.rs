@@ -1,17 +1,18 @@
 //! [`Server`]: accept connections and run a pipeline for each.
 
+use std::collections::HashMap;
 use std::future::{pending, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::sync::CancellationToken;
 
+use crate::channel::{ChannelId, ChannelShared};
 use crate::connection::{self, ConnectionConfig};
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoopGroup;
@@ -222,7 +223,7 @@ impl Server {
         W: MessageSize + Send + 'static,
     {
         let pipeline = Arc::new(pipeline);
-        let stopping = CancellationToken::new();
+        let registry = Arc::new(Registry::default());
         // Every connection task is owned here; none is detached.
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
@@ -235,7 +236,7 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         backoff.reset();
-                        if let Err(error) = self.start(stream, &pipeline, &stopping, &mut connections) {
+                        if let Err(error) = self.start(stream, &pipeline, &registry, &mut connections) {
                             tracing::debug!(%error, "could not hand an accepted connection to an event loop");
                         }
                     }
@@ -248,7 +249,7 @@ impl Server {
             }
         }
         drop(self.listener);
-        stopping.cancel();
+        registry.close_all();
         while let Some(finished) = connections.join_next().await {
             report(finished);
         }
@@ -259,7 +260,7 @@ impl Server {
         &self,
         stream: TcpStream,
         pipeline: &Arc<F>,
-        stopping: &CancellationToken,
+        registry: &Arc<Registry>,
         connections: &mut JoinSet<()>,
     ) -> io::Result<()>
     where
@@ -274,7 +275,7 @@ impl Server {
         // The socket moves to its event loop's reactor.
         let stream = stream.into_std()?;
         let pipeline = pipeline.clone();
-        let closing = stopping.child_token();
+        let registry = registry.clone();
         let config = self.config.clone();
         connections.spawn_on(
             async move {
@@ -285,18 +286,80 @@ impl Server {
                         return;
                     }
                 };
-                let (channel, outbound) = match connection::new_channel(&stream, &config, closing) {
+                let (channel, outbound) = match connection::new_channel(&stream, &config) {
                     Ok(parts) => parts,
                     Err(error) => {
                         tracing::debug!(%error, "accepted socket closed before it was served");
                         return;
                     }
                 };
+                let _registered = registry.register(&channel.shared);
                 connection::run(stream, pipeline(), channel, outbound, config).await;
             },
             self.group.next(),
         );
         Ok(())
+    }
+}
+
+/// The server's live connections, so that shutdown can ask each of them to close.
+#[derive(Default)]
+struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    connections: HashMap<ChannelId, Weak<ChannelShared>>,
+    /// Set at shutdown: connections registering afterwards are closed at once.
+    closed: bool,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a connection until the returned guard is dropped.
+    fn register(self: &Arc<Self>, shared: &Arc<ChannelShared>) -> Registered {
+        let mut inner = self.lock();
+        if inner.closed {
+            shared.request_close();
+        }
+        inner.connections.insert(shared.id, Arc::downgrade(shared));
+        Registered {
+            registry: self.clone(),
+            id: shared.id,
+        }
+    }
+
+    fn close_all(&self) {
+        let connections: Vec<_> = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner
+                .connections
+                .values()
+                .filter_map(Weak::upgrade)
+                .collect()
+        };
+        for shared in connections {
+            shared.request_close();
+        }
+    }
+}
+
+/// Removes a connection from the registry when its task ends (also on panic).
+struct Registered {
+    registry: Arc<Registry>,
+    id: ChannelId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().connections.remove(&self.id);
     }
 }
 
