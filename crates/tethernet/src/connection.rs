@@ -154,8 +154,6 @@ pub(crate) async fn run<C, S, W>(
     reader.release(&stats);
     writer.release();
     drop(writer);
-    drop(read_half);
-    drop(write_half);
     drop(stream);
     // The registered waker refers to this task; a handle outliving the connection must
     // not keep the task's memory alive.
