@@ -96,7 +96,7 @@ pub(crate) fn new_channel<W>(
 
 /// Runs one connection to its end.
 pub(crate) async fn run<C, S, W>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     pipeline: Pipeline<C, S, W>,
     channel: Channel<W>,
     outbound: ByteReceiver<W>,
@@ -109,6 +109,9 @@ pub(crate) async fn run<C, S, W>(
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
+    // Declared before everything else so that it runs last, after the socket is closed.
+    let _closed = ClosedGuard(&channel.shared);
+    let mut stream = stream;
     let _ = stream.set_nodelay(config.nodelay);
     let Pipeline {
         codec, mut stages, ..
@@ -153,17 +156,26 @@ pub(crate) async fn run<C, S, W>(
     writer.outbound.close_and_discard();
     reader.release(&stats);
     writer.release();
-    drop(writer);
-    drop(stream);
-    // The registered waker refers to this task; a handle outliving the connection must
-    // not keep the task's memory alive.
-    channel
-        .shared
-        .close_waker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    channel.shared.closed.cancel();
+}
+
+/// Marks the connection closed when its task ends, however it ends (a panicking handler
+/// unwinds through here too): every handle sees the close, and the waker registered for
+/// close requests — which refers to this task — is let go, so a handle outliving the
+/// connection does not keep the task's memory alive.
+struct ClosedGuard<'a>(&'a ChannelShared);
+
+impl Drop for ClosedGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .close_requested
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .close_waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        self.0.closed.cancel();
+    }
 }
 
 /// Tells the pipeline the connection is going away and flushes what is left.

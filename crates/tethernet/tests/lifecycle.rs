@@ -34,6 +34,9 @@ impl Handler<BytesMut, BytesMut> for Probe {
         if &f[..] == b"boom" {
             return Err(Error::other("the handler failed on purpose"));
         }
+        if &f[..] == b"panic" {
+            panic!("the handler panicked on purpose");
+        }
         ctx.write(f).await
     }
 
@@ -198,4 +201,29 @@ async fn shutdown_closes_connected_clients_and_returns() {
     for client in &mut clients {
         assert!(read_frame(client).await.is_none());
     }
+}
+
+#[tokio::test]
+async fn handler_panic_closes_only_that_connection() {
+    let (tx, mut channels) = mpsc::channel(4);
+    let server = start(default_server(), {
+        let errors = Arc::default();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+    let mut good = TcpStream::connect(server.addr).await.unwrap();
+    let _good_channel = channels.recv().await.unwrap();
+    let mut panicking = TcpStream::connect(server.addr).await.unwrap();
+    let panicking_channel = channels.recv().await.unwrap();
+
+    panicking.write_all(&frame(b"panic")).await.unwrap();
+    // Handles learn that the connection is gone, and the peer is disconnected.
+    tokio::time::timeout(std::time::Duration::from_secs(10), panicking_channel.closed())
+        .await
+        .expect("a handle must see the connection closed after a handler panic");
+    assert!(read_frame(&mut panicking).await.is_none());
+
+    good.write_all(&frame(b"unaffected")).await.unwrap();
+    assert_eq!(read_frame(&mut good).await.unwrap(), b"unaffected");
+    server.stop().await;
 }
