@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::channel::Channel;
 use crate::connection::{self, ConnectionConfig};
 use crate::error::Result;
 use crate::event_loop::EventLoopGroup;
-use crate::pipeline::{Pipeline, Stage};
+use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::size::MessageSize;
 
 /// Opens connections whose pipelines run on the client's event loops.
@@ -87,10 +86,7 @@ impl Client {
         pipeline: Pipeline<C, S, W>,
     ) -> Result<Connection<W>>
     where
-        C: Decoder + Encoder<W> + Send + 'static,
-        C::Item: Send + 'static,
-        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        C: PipelineCodec<W>,
         S: Stage<C::Item, W>,
         W: MessageSize + Send + 'static,
     {

@@ -24,14 +24,14 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffers;
 use crate::channel::{Channel, ChannelId, ChannelShared};
 use crate::error::{Error, Result};
 use crate::pipeline::context::{DirectSink, Io};
-use crate::pipeline::{Pipeline, Stage};
+use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::queue::{byte_queue, ByteReceiver};
 use crate::size::MessageSize;
 use crate::stats::{ChannelStats, MemoryKind};
@@ -102,10 +102,7 @@ pub(crate) async fn run<C, S, W>(
     outbound: ByteReceiver<W>,
     config: Arc<ConnectionConfig>,
 ) where
-    C: Decoder + Encoder<W> + Send + 'static,
-    C::Item: Send + 'static,
-    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
@@ -186,9 +183,7 @@ async fn close<C, S, W>(
     channel: &Channel<W>,
     config: &ConnectionConfig,
 ) where
-    C: Decoder + Encoder<W> + Send + 'static,
-    C::Item: Send + 'static,
-    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
@@ -239,10 +234,7 @@ async fn drive<C, S, W>(
     channel: &Channel<W>,
 ) -> Result<()>
 where
-    C: Decoder + Encoder<W> + Send + 'static,
-    C::Item: Send + 'static,
-    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {

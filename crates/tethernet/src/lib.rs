@@ -76,7 +76,7 @@ pub use client::{Client, ClientBuilder, Connection};
 pub use error::{Error, Result};
 pub use event_loop::EventLoopGroup;
 pub use executor::{Executor, ExecutorBuilder};
-pub use pipeline::{Context, Event, Handler, Pipeline, PipelineBuilder};
+pub use pipeline::{Context, Event, Handler, Pipeline, PipelineBuilder, PipelineCodec};
 pub use server::{Server, ServerBuilder};
 pub use size::MessageSize;
 pub use stats::{ChannelStats, MemoryKind, Meter};

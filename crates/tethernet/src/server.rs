@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::channel::{ChannelId, ChannelShared};
 use crate::connection::{self, ConnectionConfig};
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoopGroup;
-use crate::pipeline::{Pipeline, Stage};
+use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::size::MessageSize;
 
 /// Configures a [`Server`].
@@ -195,10 +194,7 @@ impl Server {
     pub async fn serve<F, C, S, W>(self, pipeline: F) -> Result<()>
     where
         F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
-        C: Decoder + Encoder<W> + Send + 'static,
-        C::Item: Send + 'static,
-        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        C: PipelineCodec<W>,
         S: Stage<C::Item, W>,
         W: MessageSize + Send + 'static,
     {
@@ -215,10 +211,7 @@ impl Server {
     ) -> Result<()>
     where
         F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
-        C: Decoder + Encoder<W> + Send + 'static,
-        C::Item: Send + 'static,
-        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        C: PipelineCodec<W>,
         S: Stage<C::Item, W>,
         W: MessageSize + Send + 'static,
     {
@@ -265,10 +258,7 @@ impl Server {
     ) -> io::Result<()>
     where
         F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
-        C: Decoder + Encoder<W> + Send + 'static,
-        C::Item: Send + 'static,
-        <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-        <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+        C: PipelineCodec<W>,
         S: Stage<C::Item, W>,
         W: MessageSize + Send + 'static,
     {

@@ -67,6 +67,45 @@ fn probe_pipeline(
         .build()
 }
 
+/// A probe server and two clients: one that behaves, and one the test misbehaves with.
+struct TwoClients {
+    server: common::TestServer,
+    errors: Arc<Mutex<Vec<String>>>,
+    good: TcpStream,
+    other: TcpStream,
+    other_channel: Channel<BytesMut>,
+}
+
+async fn two_clients() -> TwoClients {
+    let (tx, mut channels) = mpsc::channel(4);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let server = start(default_server(), {
+        let errors = errors.clone();
+        move || probe_pipeline(&tx, &errors)
+    })
+    .await;
+    let good = TcpStream::connect(server.addr).await.unwrap();
+    channels.recv().await.unwrap();
+    let other = TcpStream::connect(server.addr).await.unwrap();
+    let other_channel = channels.recv().await.unwrap();
+    TwoClients {
+        server,
+        errors,
+        good,
+        other,
+        other_channel,
+    }
+}
+
+impl TwoClients {
+    /// The well-behaved client is still served; then the server stops cleanly.
+    async fn assert_good_still_served_and_stop(mut self) {
+        self.good.write_all(&frame(b"still here")).await.unwrap();
+        assert_eq!(read_frame(&mut self.good).await.unwrap(), b"still here");
+        self.server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn writes_from_another_task_arrive_in_order() {
     let (tx, mut channels) = mpsc::channel(4);
@@ -109,71 +148,42 @@ async fn writes_from_another_task_arrive_in_order() {
 
 #[tokio::test]
 async fn oversized_length_header_closes_only_that_connection() {
-    let (tx, mut channels) = mpsc::channel(4);
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let server = start(default_server(), {
-        let errors = errors.clone();
-        move || probe_pipeline(&tx, &errors)
-    })
-    .await;
-
-    let mut good = TcpStream::connect(server.addr).await.unwrap();
-    let _good_channel = channels.recv().await.unwrap();
-    let mut bad = TcpStream::connect(server.addr).await.unwrap();
-    let bad_channel = channels.recv().await.unwrap();
-
+    let mut t = two_clients().await;
     // A header claiming 4 GiB: refused from the header alone, nothing of that size allocated.
-    bad.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    bad.write_all(b"some bytes of the supposed frame")
+    t.other.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    t.other
+        .write_all(b"some bytes of the supposed frame")
         .await
         .unwrap();
-    bad_channel.closed().await;
-    assert!(bad_channel.stats().meter(MemoryKind::ReadBuffer).peak() < 128 * 1024);
+    t.other_channel.closed().await;
+    assert!(t.other_channel.stats().meter(MemoryKind::ReadBuffer).peak() < 128 * 1024);
     assert!(
-        read_frame(&mut bad).await.is_none(),
+        read_frame(&mut t.other).await.is_none(),
         "the bad client is disconnected"
     );
-    assert_eq!(errors.lock().unwrap().as_slice(), ["frame too long"]);
-
-    // Everyone else is still served.
-    good.write_all(&frame(b"still here")).await.unwrap();
-    assert_eq!(read_frame(&mut good).await.unwrap(), b"still here");
-    server.stop().await;
+    assert_eq!(t.errors.lock().unwrap().as_slice(), ["frame too long"]);
+    t.assert_good_still_served_and_stop().await;
 }
 
 #[tokio::test]
 async fn handler_error_closes_only_that_connection() {
-    let (tx, mut channels) = mpsc::channel(4);
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let server = start(default_server(), {
-        let errors = errors.clone();
-        move || probe_pipeline(&tx, &errors)
-    })
-    .await;
-    let mut good = TcpStream::connect(server.addr).await.unwrap();
-    let _good_channel = channels.recv().await.unwrap();
-    let mut failing = TcpStream::connect(server.addr).await.unwrap();
-    let failing_channel = channels.recv().await.unwrap();
-
-    failing.write_all(&frame(b"before")).await.unwrap();
-    failing.write_all(&frame(b"boom")).await.unwrap();
-    failing.write_all(&frame(b"after")).await.unwrap();
-    assert_eq!(read_frame(&mut failing).await.unwrap(), b"before");
+    let mut t = two_clients().await;
+    t.other.write_all(&frame(b"before")).await.unwrap();
+    t.other.write_all(&frame(b"boom")).await.unwrap();
+    t.other.write_all(&frame(b"after")).await.unwrap();
+    assert_eq!(read_frame(&mut t.other).await.unwrap(), b"before");
     assert!(
-        read_frame(&mut failing).await.is_none(),
+        read_frame(&mut t.other).await.is_none(),
         "nothing after the failure"
     );
-    failing_channel.closed().await;
-    let errors = errors.lock().unwrap().clone();
+    t.other_channel.closed().await;
+    let errors = t.errors.lock().unwrap().clone();
     assert_eq!(errors.len(), 1);
     assert!(
         errors[0].contains("the handler failed on purpose") && errors[0].contains("Probe"),
         "{errors:?}"
     );
-
-    good.write_all(&frame(b"fine")).await.unwrap();
-    assert_eq!(read_frame(&mut good).await.unwrap(), b"fine");
-    server.stop().await;
+    t.assert_good_still_served_and_stop().await;
 }
 
 #[tokio::test]
@@ -205,25 +215,12 @@ async fn shutdown_closes_connected_clients_and_returns() {
 
 #[tokio::test]
 async fn handler_panic_closes_only_that_connection() {
-    let (tx, mut channels) = mpsc::channel(4);
-    let server = start(default_server(), {
-        let errors = Arc::default();
-        move || probe_pipeline(&tx, &errors)
-    })
-    .await;
-    let mut good = TcpStream::connect(server.addr).await.unwrap();
-    let _good_channel = channels.recv().await.unwrap();
-    let mut panicking = TcpStream::connect(server.addr).await.unwrap();
-    let panicking_channel = channels.recv().await.unwrap();
-
-    panicking.write_all(&frame(b"panic")).await.unwrap();
+    let mut t = two_clients().await;
+    t.other.write_all(&frame(b"panic")).await.unwrap();
     // Handles learn that the connection is gone, and the peer is disconnected.
-    tokio::time::timeout(std::time::Duration::from_secs(10), panicking_channel.closed())
+    tokio::time::timeout(std::time::Duration::from_secs(10), t.other_channel.closed())
         .await
         .expect("a handle must see the connection closed after a handler panic");
-    assert!(read_frame(&mut panicking).await.is_none());
-
-    good.write_all(&frame(b"unaffected")).await.unwrap();
-    assert_eq!(read_frame(&mut good).await.unwrap(), b"unaffected");
-    server.stop().await;
+    assert!(read_frame(&mut t.other).await.is_none());
+    t.assert_good_still_served_and_stop().await;
 }

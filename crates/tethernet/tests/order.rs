@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::{default_server, frame, numbered, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::pipeline::Stage;
 use tethernet::{Context, Executor, Handler, Pipeline, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -114,26 +115,27 @@ async fn run_clients(addr: std::net::SocketAddr) {
     }
 }
 
+/// Codec, then on `executor`: jitter (async or blocking sleep, by the executor's flavour),
+/// a sequence check, and the echo.
+fn through_executor(
+    executor: &Executor,
+    max_us: u64,
+) -> Pipeline<LengthFieldCodec, impl Stage<BytesMut, BytesMut>, BytesMut> {
+    let blocking = executor.is_blocking();
+    Pipeline::builder(LengthFieldCodec::new(1024))
+        .on(executor, Jitter { max_us, blocking })
+        .handler(AssertSequence { next: None })
+        .handler(Echo)
+        .build()
+}
+
 #[tokio::test]
 async fn replies_in_order_through_async_executor_with_jitter() {
     let executor = Executor::builder("async-jitter")
         .threads(2)
         .build()
         .unwrap();
-    let server = start(default_server(), move || {
-        Pipeline::builder(LengthFieldCodec::new(1024))
-            .on(
-                &executor,
-                Jitter {
-                    max_us: 300,
-                    blocking: false,
-                },
-            )
-            .handler(AssertSequence { next: None })
-            .handler(Echo)
-            .build()
-    })
-    .await;
+    let server = start(default_server(), move || through_executor(&executor, 300)).await;
     run_clients(server.addr).await;
     server.stop().await;
 }
@@ -145,20 +147,7 @@ async fn replies_in_order_through_blocking_executor_with_jitter() {
         .blocking()
         .build()
         .unwrap();
-    let server = start(default_server(), move || {
-        Pipeline::builder(LengthFieldCodec::new(1024))
-            .on(
-                &executor,
-                Jitter {
-                    max_us: 200,
-                    blocking: true,
-                },
-            )
-            .handler(AssertSequence { next: None })
-            .handler(Echo)
-            .build()
-    })
-    .await;
+    let server = start(default_server(), move || through_executor(&executor, 200)).await;
     run_clients(server.addr).await;
     server.stop().await;
 }

@@ -41,6 +41,25 @@ pub use stage::{Append, Node, Stage, Tail};
 use crate::executor::{Executor, Offload};
 use crate::size::MessageSize;
 
+/// What a pipeline's codec must be: any `tokio_util::codec` `Decoder + Encoder<W>` whose
+/// frames can move between threads and whose errors can be reported. Implemented for
+/// every such type; it only names the bounds once.
+pub trait PipelineCodec<W>:
+    Decoder<Item: Send + 'static, Error: std::error::Error + Send + Sync + 'static>
+    + Encoder<W, Error: std::error::Error + Send + Sync + 'static>
+    + Send
+    + 'static
+{
+}
+
+impl<T, W> PipelineCodec<W> for T where
+    T: Decoder<Item: Send + 'static, Error: std::error::Error + Send + Sync + 'static>
+        + Encoder<W, Error: std::error::Error + Send + Sync + 'static>
+        + Send
+        + 'static
+{
+}
+
 /// A connection's codec and handler chain, ready to run. Made per connection by the
 /// factory given to [`Server::serve`](crate::Server::serve) or
 /// [`Client::connect`](crate::Client::connect).

@@ -7,11 +7,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tethernet::pipeline::Stage;
-use tethernet::{MessageSize, Pipeline, Server};
+use tethernet::{MessageSize, Pipeline, PipelineCodec, Server};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder};
 
 /// A running test server; `stop` shuts it down and waits until every connection is gone.
 pub struct TestServer {
@@ -44,10 +43,7 @@ impl Drop for TestServer {
 pub async fn start<F, C, S, W>(builder: tethernet::ServerBuilder, pipeline: F) -> TestServer
 where
     F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
-    C: Decoder + Encoder<W> + Send + 'static,
-    C::Item: Send + 'static,
-    <C as Decoder>::Error: std::error::Error + Send + Sync + 'static,
-    <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
+    C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
