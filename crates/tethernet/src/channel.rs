@@ -11,7 +11,34 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::queue::{ByteSender, TrySendError};
 use crate::size::MessageSize;
-use crate::stats::ChannelStats;
+use crate::stats::{global, ChannelStats};
+use crate::tether::{Tether, TetherKey};
+
+/// What [`Channel::offer`] does when the outbound queue is full. (The fourth policy,
+/// waiting, is [`Channel::write`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the message being offered (for fan-out where the newest can be skipped).
+    DropNewest,
+    /// Drop the oldest queued messages to make room (for fan-out where the latest state
+    /// matters most).
+    DropOldest,
+    /// Drop the message and close the connection as a slow consumer.
+    CloseSlowConsumer,
+}
+
+/// What [`Channel::offer`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued.
+    Queued,
+    /// Queued after dropping this many older messages.
+    QueuedDroppingOldest(usize),
+    /// Dropped: the queue was full.
+    DroppedNewest,
+    /// Dropped, and the connection is closing as a slow consumer.
+    ClosedSlowConsumer,
+}
 
 /// A connection's identity, unique within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +72,14 @@ pub(crate) struct ChannelShared {
     /// connection task flushes what is queued, tells its handlers, and closes. Read per
     /// frame on the hot path, so a plain atomic (a `CancellationToken` takes a lock).
     pub(crate) close_requested: AtomicBool,
+    /// Cleared while the connection holds more than its high watermark of outbound bytes
+    /// (queued plus buffered), set again below the low watermark. Kept by the connection
+    /// task, which tells its handlers when it changes.
+    pub(crate) writable: AtomicBool,
+    /// Set when the close was asked for by a server shutting down.
+    pub(crate) shutting_down: AtomicBool,
+    /// Tasks and values the connection owns (G2).
+    pub(crate) tether: Arc<Tether>,
     /// The connection task's waker, woken by a close request. Registered once per
     /// connection (a task's waker does not change), so waiting costs no lock.
     pub(crate) close_waker: Mutex<Option<Waker>>,
@@ -151,6 +186,47 @@ impl<W> Channel<W> {
         self.shared.closed.is_cancelled()
     }
 
+    /// True while the connection holds less than its high watermark of outbound bytes
+    /// (after going over it, it becomes writable again below the low watermark). Handlers
+    /// are told when this changes ([`ChannelEvent::WritabilityChanged`](crate::ChannelEvent)).
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Relaxed)
+    }
+
+    /// Starts `future` as a task owned by this connection, on the current runtime: it is
+    /// cancelled when the connection closes, and the connection is not gone until the task
+    /// is. Fails once the connection is closed, or when it already owns its cap of tasks.
+    #[track_caller]
+    pub fn spawn<F>(&self, future: F) -> Result<TetherKey>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tether.spawn(future)
+    }
+
+    /// Cancels a task started with [`spawn`](Channel::spawn); false if it already ended.
+    pub fn abort(&self, task: TetherKey) -> bool {
+        self.shared.tether.abort(task)
+    }
+
+    /// Holds `value` for this connection: it is dropped when the connection closes (or at
+    /// [`untether`](Channel::untether)). For subscription guards, timers, leases — anything
+    /// whose cleanup must not outlive the connection.
+    #[track_caller]
+    pub fn tether<T: Send + 'static>(&self, value: T) -> Result<TetherKey> {
+        self.shared.tether.tether(value)
+    }
+
+    /// Drops a tethered value now; false if there was none under `key`.
+    pub fn untether(&self, key: TetherKey) -> bool {
+        self.shared.tether.untether(key)
+    }
+
+    /// Live tasks owned by this connection and values tethered to it.
+    pub fn owned(&self) -> (usize, usize) {
+        self.shared.tether.counts()
+    }
+
     /// Completes when the connection is fully closed and its task has finished.
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await
@@ -170,16 +246,50 @@ impl<W: MessageSize> Channel<W> {
     }
 
     /// Queues `message` if the outbound queue has room now; fails with [`Error::Full`]
-    /// (dropping the message) if not, or [`Error::Closed`]. For writers that must never
-    /// wait, such as a broadcast to many connections.
+    /// if not (the message is dropped and counted), or [`Error::Closed`]. The same as
+    /// `offer(message, Overflow::DropNewest)`, as a `Result`.
     pub fn try_write(&self, message: W) -> Result<()> {
+        match self.offer(message, Overflow::DropNewest)? {
+            Offered::Queued => Ok(()),
+            _ => Err(Error::Full),
+        }
+    }
+
+    /// Queues `message` without waiting; when the outbound queue is full, `policy` says
+    /// what gives. For writers that must never wait on one peer, such as a broadcast to
+    /// many. Every drop and every slow-consumer close is counted (per connection in
+    /// [`ChannelStats::dropped_messages`], and process-wide).
+    pub fn offer(&self, message: W, policy: Overflow) -> Result<Offered> {
         if self.shared.close_requested() {
             return Err(Error::Closed);
         }
-        match self.outbound.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Full),
+        let outcome = match policy {
+            Overflow::DropOldest => match self.outbound.send_evicting(message) {
+                Ok(0) => Ok(Offered::Queued),
+                Ok(evicted) => {
+                    self.stats().count_dropped(evicted as u64);
+                    Ok(Offered::QueuedDroppingOldest(evicted))
+                }
+                Err(error) => Err(error),
+            },
+            Overflow::DropNewest | Overflow::CloseSlowConsumer => {
+                self.outbound.try_send(message).map(|()| Offered::Queued)
+            }
+        };
+        match outcome {
+            Ok(offered) => Ok(offered),
             Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Full(_)) => {
+                self.stats().count_dropped(1);
+                if policy == Overflow::CloseSlowConsumer {
+                    global().slow_consumer_closes.add(1);
+                    tracing::debug!(channel = %self.id(), peer = %self.peer_addr(), "closing a slow consumer: its outbound queue is full");
+                    self.close();
+                    Ok(Offered::ClosedSlowConsumer)
+                } else {
+                    Ok(Offered::DroppedNewest)
+                }
+            }
         }
     }
 }

@@ -13,10 +13,10 @@
 //! read from); the outbound queue is capped in bytes. Memory while idle: the read buffer is
 //! released whenever it holds no partial frame, and the write buffer whenever it is empty.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -31,10 +32,11 @@ use crate::buffers;
 use crate::channel::{Channel, ChannelId, ChannelShared};
 use crate::error::{Error, Result};
 use crate::pipeline::context::{DirectSink, Io};
-use crate::pipeline::{Pipeline, PipelineCodec, Stage};
+use crate::pipeline::{ChannelEvent, Event, IdleState, Pipeline, PipelineCodec, Stage};
 use crate::queue::{byte_queue, ByteReceiver};
 use crate::size::MessageSize;
-use crate::stats::{ChannelStats, MemoryKind};
+use crate::stats::{global, ChannelStats, MemoryKind};
+use crate::tether::{Tether, DEFAULT_MAX_OWNED_TASKS};
 
 /// Per-connection limits and buffer sizes, shared by the connections of a server or client.
 #[derive(Debug, Clone)]
@@ -52,6 +54,10 @@ pub(crate) struct ConnectionConfig {
     /// How long a closing connection may spend flushing what is queued.
     pub(crate) close_timeout: Duration,
     pub(crate) nodelay: bool,
+    /// Cap of live tasks a connection may own.
+    pub(crate) max_owned_tasks: usize,
+    /// Idle detection, if on.
+    pub(crate) idle: Option<IdleTimeouts>,
 }
 
 impl Default for ConnectionConfig {
@@ -64,6 +70,8 @@ impl Default for ConnectionConfig {
             max_read_size: 64 * 1024,
             close_timeout: Duration::from_secs(5),
             nodelay: true,
+            max_owned_tasks: DEFAULT_MAX_OWNED_TASKS,
+            idle: None,
         }
     }
 }
@@ -88,6 +96,9 @@ pub(crate) fn new_channel<W>(
         local: stream.local_addr()?,
         stats,
         close_requested: AtomicBool::new(false),
+        writable: AtomicBool::new(true),
+        shutting_down: AtomicBool::new(false),
+        tether: Tether::new(config.max_owned_tasks),
         close_waker: Mutex::new(None),
         closed: CancellationToken::new(),
     });
@@ -107,6 +118,7 @@ pub(crate) async fn run<C, S, W>(
     W: MessageSize + Send + 'static,
 {
     // Declared before everything else so that it runs last, after the socket is closed.
+    global().connections.add(1);
     let _closed = ClosedGuard(&channel.shared);
     let mut stream = stream;
     let _ = stream.set_nodelay(config.nodelay);
@@ -127,6 +139,7 @@ pub(crate) async fn run<C, S, W>(
         outbound,
         stats: &stats,
         written: 0,
+        wrote: false,
         high_watermark: config.write_high_watermark,
         low_watermark: config.write_low_watermark,
     };
@@ -144,6 +157,7 @@ pub(crate) async fn run<C, S, W>(
         &mut writer,
         &mut stages,
         &channel,
+        &config,
     )
     .await;
     // The closing steps run once per connection; boxing them keeps their state (handler
@@ -163,9 +177,10 @@ struct ClosedGuard<'a>(&'a ChannelShared);
 
 impl Drop for ClosedGuard<'_> {
     fn drop(&mut self) {
-        self.0
-            .close_requested
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Normally done by the close path already; this covers a panic.
+        self.0.tether.close();
+        global().connections.sub(1);
+        self.0.close_requested.store(true, Ordering::Relaxed);
         self.0
             .close_waker
             .lock()
@@ -208,8 +223,27 @@ async fn close<C, S, W>(
             stages.error(&mut Io::direct(channel, writer), error).await;
         }
     }
+    if channel.shared.shutting_down.load(Ordering::Relaxed) {
+        let event = Event::new(ChannelEvent::ShutdownRequested);
+        if let Err(error) = stages
+            .user_event(&mut Io::direct(channel, writer), &event)
+            .await
+        {
+            tracing::debug!(channel = %channel.id(), %error, "a handler failed on the shutdown event");
+        }
+    }
     if let Err(error) = stages.inactive(&mut Io::direct(channel, writer)).await {
         tracing::debug!(channel = %channel.id(), %error, "a handler failed while the connection closed");
+    }
+    // What the connection owns goes with it: tasks are cancelled and awaited, tethered
+    // values dropped. A task that never yields cannot be cancelled; it is reported.
+    let tether = &channel.shared.tether;
+    tether.close();
+    if tokio::time::timeout(config.close_timeout, tether.tasks_gone())
+        .await
+        .is_err()
+    {
+        tracing::warn!(channel = %channel.id(), "tasks owned by the connection did not stop within the close timeout (a task that never yields cannot be cancelled)");
     }
     if socket_healthy {
         // Flush what handlers and other tasks queued before the close, within the timeout.
@@ -232,6 +266,7 @@ async fn drive<C, S, W>(
     writer: &mut Writer<'_, C, W>,
     stages: &mut S,
     channel: &Channel<W>,
+    config: &ConnectionConfig,
 ) -> Result<()>
 where
     C: PipelineCodec<W>,
@@ -239,6 +274,8 @@ where
     W: MessageSize + Send + 'static,
 {
     let stats = writer.stats;
+    // One timer per connection, only when idle detection is on.
+    let mut idle = config.idle.map(IdleTimer::new);
     // The waker registered for close requests; re-registered only if it changes.
     let mut close_waker: Option<std::task::Waker> = None;
     Box::pin(stages.active(&mut Io::direct(channel, writer))).await?;
@@ -270,6 +307,15 @@ where
         reader.settle(stats);
         writer.write_until(0)?;
         writer.settle();
+        if let Some(idle) = idle.as_mut() {
+            if std::mem::take(&mut writer.wrote) {
+                idle.wrote(Instant::now());
+            }
+        }
+        if let Some(writable) = writability_change(channel, writer) {
+            let event = Event::new(ChannelEvent::WritabilityChanged { writable });
+            Box::pin(stages.user_event(&mut Io::direct(channel, writer), &event)).await?;
+        }
 
         // Wait for the next thing to do. Polling readiness directly (rather than
         // `select!` over `readable()`, `writable()` and `recv()` futures) keeps no waiter
@@ -287,6 +333,11 @@ where
             }
             if channel.shared.close_requested() {
                 return Poll::Ready(Wake::Closing);
+            }
+            if let Some(idle) = idle.as_mut() {
+                if idle.sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::IdleCheck);
+                }
             }
             // Readiness first, so that a buffer is taken only when there is data to read.
             if under_watermark {
@@ -314,7 +365,19 @@ where
         .await;
         match wake {
             Wake::Closing => return Ok(()),
+            Wake::IdleCheck => {
+                if let Some(timer) = idle.as_mut() {
+                    for state in timer.due(Instant::now()).into_iter().flatten() {
+                        let event = Event::new(ChannelEvent::Idle(state));
+                        Box::pin(stages.user_event(&mut Io::direct(channel, writer), &event))
+                            .await?;
+                    }
+                }
+            }
             Wake::Read(read) => {
+                if let (Some(idle), Ok(1..)) = (idle.as_mut(), &read) {
+                    idle.read(Instant::now());
+                }
                 match read {
                     Ok(0) => {
                         // End of stream: frames still buffered are handed on, then close.
@@ -350,10 +413,122 @@ where
 /// What woke the connection task.
 enum Wake<W> {
     Closing,
+    /// The idle timer fired: some idle state may be due.
+    IdleCheck,
     /// Bytes read into the read buffer (0 at the end of the stream).
     Read(io::Result<usize>),
     Writable(io::Result<()>),
     Outbound(W),
+}
+
+/// Tells whether the connection's writability changes now: it holds more than the high
+/// watermark of outbound bytes (queued by other tasks plus buffered), or is back under the
+/// low watermark.
+fn writability_change<C, W>(channel: &Channel<W>, writer: &Writer<'_, C, W>) -> Option<bool> {
+    let pending = writer.buffer.len() + channel.stats().meter(MemoryKind::OutboundQueue).current();
+    let writable = channel.shared.writable.load(Ordering::Relaxed);
+    if writable && pending > writer.high_watermark {
+        channel.shared.writable.store(false, Ordering::Relaxed);
+        Some(false)
+    } else if !writable && pending <= writer.low_watermark {
+        channel.shared.writable.store(true, Ordering::Relaxed);
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Idle detection timeouts (Netty's `IdleStateHandler`), as a connection setting: one
+/// timer per connection, whatever is configured. `None` turns a state off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleTimeouts {
+    /// Fire [`IdleState::ReaderIdle`] after this long without reading anything.
+    pub reader: Option<Duration>,
+    /// Fire [`IdleState::WriterIdle`] after this long without writing anything.
+    pub writer: Option<Duration>,
+    /// Fire [`IdleState::AllIdle`] after this long without reading or writing.
+    pub all: Option<Duration>,
+}
+
+/// The idle timer of one connection: when each side last saw activity (or last fired),
+/// and one sleep re-armed to the earliest deadline. Activity only moves the marks; a
+/// timer that wakes early finds nothing due and re-arms, so there is at most one
+/// spurious wake-up per period.
+struct IdleTimer {
+    timeouts: IdleTimeouts,
+    reader_mark: Instant,
+    writer_mark: Instant,
+    all_mark: Instant,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl IdleTimer {
+    fn new(timeouts: IdleTimeouts) -> IdleTimer {
+        let now = Instant::now();
+        let mut timer = IdleTimer {
+            timeouts,
+            reader_mark: now,
+            writer_mark: now,
+            all_mark: now,
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+        };
+        let next = timer.next_deadline();
+        timer.sleep.as_mut().reset(next);
+        timer
+    }
+
+    fn read(&mut self, now: Instant) {
+        self.reader_mark = now;
+        self.all_mark = now;
+    }
+
+    fn wrote(&mut self, now: Instant) {
+        self.writer_mark = now;
+        self.all_mark = now;
+    }
+
+    fn deadlines(&self) -> [(IdleState, Option<Instant>); 3] {
+        [
+            (
+                IdleState::ReaderIdle,
+                self.timeouts.reader.map(|t| self.reader_mark + t),
+            ),
+            (
+                IdleState::WriterIdle,
+                self.timeouts.writer.map(|t| self.writer_mark + t),
+            ),
+            (
+                IdleState::AllIdle,
+                self.timeouts.all.map(|t| self.all_mark + t),
+            ),
+        ]
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.deadlines()
+            .iter()
+            .filter_map(|(_, deadline)| *deadline)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 3600))
+    }
+
+    /// The states due at `now`, in order; each fired state starts a new period.
+    fn due(&mut self, now: Instant) -> [Option<IdleState>; 3] {
+        let mut fired = [None; 3];
+        for (slot, (state, deadline)) in self.deadlines().into_iter().enumerate() {
+            if deadline.is_some_and(|deadline| deadline <= now) {
+                fired[slot] = Some(state);
+                match state {
+                    IdleState::ReaderIdle => self.reader_mark = now,
+                    IdleState::WriterIdle => self.writer_mark = now,
+                    IdleState::AllIdle => self.all_mark = now,
+                }
+            }
+        }
+        let next = self.next_deadline();
+        self.sleep.as_mut().reset(next);
+        fired
+    }
 }
 
 /// The read side: the read buffer and its sizing.
@@ -437,6 +612,8 @@ struct Writer<'a, C, W> {
     /// Messages encoded since the counter was last published (once per wake-up, not
     /// per message: an atomic add per frame is measurable in the echo benchmark).
     written: u64,
+    /// Set when bytes reach the socket; read (and cleared) by the idle timer.
+    wrote: bool,
     high_watermark: usize,
     low_watermark: usize,
 }
@@ -452,7 +629,10 @@ where
         while self.buffer.len() > limit {
             match self.stream.try_write(&self.buffer) {
                 Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.buffer.advance(n),
+                Ok(n) => {
+                    self.buffer.advance(n);
+                    self.wrote = true;
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(error) => return Err(error.into()),
             }

@@ -60,23 +60,31 @@ mod connection;
 pub mod error;
 pub mod event_loop;
 pub mod executor;
+pub mod group;
+pub mod handlers;
 pub mod pipeline;
 mod queue;
 pub mod server;
 pub mod size;
 pub mod stats;
+pub mod tether;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
-pub use channel::{Channel, ChannelId};
+pub use channel::{Channel, ChannelId, Offered, Overflow};
 pub use client::{Client, ClientBuilder, Connection};
+pub use connection::IdleTimeouts;
 pub use error::{Error, Result};
 pub use event_loop::EventLoopGroup;
 pub use executor::{Executor, ExecutorBuilder};
-pub use pipeline::{Context, Event, Handler, Pipeline, PipelineBuilder, PipelineCodec};
+pub use group::{Broadcast, ChannelGroup};
+pub use pipeline::{
+    ChannelEvent, Context, Event, Handler, IdleState, Pipeline, PipelineBuilder, PipelineCodec,
+};
 pub use server::{Server, ServerBuilder};
 pub use size::MessageSize;
-pub use stats::{ChannelStats, MemoryKind, Meter};
+pub use stats::{global, ChannelStats, GlobalStats, MemoryKind, Meter};
+pub use tether::TetherKey;

@@ -172,6 +172,49 @@ impl<T: MessageSize> ByteSender<T> {
         self.push(item, bytes, permits)
     }
 
+    /// Queues `item`, evicting the oldest queued messages to make room. Returns how many
+    /// were evicted; refuses (as full) only when evicting everything would still not make
+    /// room (the room is held by senders that are about to push).
+    pub(crate) fn send_evicting(&self, item: T) -> Result<usize, TrySendError<T>> {
+        let bytes = item.message_size();
+        let permits = self.permits_for(bytes);
+        let mut evicted = Vec::new();
+        let outcome = loop {
+            match self.shared.room.try_acquire_many(permits) {
+                Ok(permit) => {
+                    permit.forget();
+                    break Ok(());
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => break Err(false),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let oldest = {
+                        let mut state = self.shared.lock();
+                        state.items.pop_front()
+                    };
+                    match oldest {
+                        Some(slot) => {
+                            self.shared.stats.meter(self.shared.kind).sub(slot.bytes);
+                            self.shared.room.add_permits(slot.permits as usize);
+                            evicted.push(slot.item);
+                        }
+                        None => break Err(true),
+                    }
+                }
+            }
+        };
+        let count = evicted.len();
+        // Evicted messages are dropped outside the lock: their destructors may do anything.
+        drop(evicted);
+        match outcome {
+            Ok(()) => self
+                .push(item, bytes, permits)
+                .map(|()| count)
+                .map_err(TrySendError::Closed),
+            Err(true) => Err(TrySendError::Full(item)),
+            Err(false) => Err(TrySendError::Closed(item)),
+        }
+    }
+
     /// Queues `item` if there is room now.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         let bytes = item.message_size();
@@ -319,6 +362,24 @@ mod tests {
         }
         sender.await.unwrap();
         assert!(rx.recv().await.is_none(), "all senders gone");
+    }
+
+    #[tokio::test]
+    async fn evicting_send_drops_the_oldest_to_make_room() {
+        let (tx, mut rx, stats) = queue(1000);
+        for i in 0..4u8 {
+            tx.try_send(vec![i; 200]).unwrap_or_else(|_| panic!("room"));
+        }
+        // 4 x ~224 bytes queued; a 400-byte message needs the two oldest gone.
+        let evicted = tx
+            .send_evicting(vec![9; 400])
+            .unwrap_or_else(|_| panic!("evicts"));
+        assert_eq!(evicted, 2);
+        assert_eq!(rx.recv().await.unwrap()[0], 2);
+        assert_eq!(rx.recv().await.unwrap()[0], 3);
+        assert_eq!(rx.recv().await.unwrap()[0], 9);
+        assert!(stats.meter(MemoryKind::OutboundQueue).peak() <= 1000);
+        assert_eq!(stats.meter(MemoryKind::OutboundQueue).current(), 0);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::channel::{ChannelId, ChannelShared};
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::EventLoopGroup;
 use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::size::MessageSize;
+use crate::stats::global;
 
 /// Configures a [`Server`].
 ///
@@ -43,7 +45,11 @@ pub struct ServerBuilder {
     backlog: u32,
     recv_buffer_size: Option<u32>,
     send_buffer_size: Option<u32>,
+    max_connections: usize,
 }
+
+/// Default cap on a server's open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl std::fmt::Debug for EventLoopGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +100,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Idle detection for every connection (off by default): handlers receive
+    /// [`ChannelEvent::Idle`](crate::ChannelEvent::Idle) events. See also
+    /// [`Heartbeat`](crate::handlers::Heartbeat).
+    pub fn idle_timeouts(mut self, timeouts: crate::IdleTimeouts) -> Self {
+        self.config.idle = Some(timeouts);
+        self
+    }
+
+    /// Caps the live tasks each connection may own through
+    /// [`Channel::spawn`](crate::Channel::spawn) (default 1024).
+    pub fn max_owned_tasks(mut self, tasks: usize) -> Self {
+        self.config.max_owned_tasks = tasks;
+        self
+    }
+
     /// Sets `TCP_NODELAY` on accepted sockets (default true).
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.config.nodelay = nodelay;
@@ -109,6 +130,14 @@ impl ServerBuilder {
     /// The kernel's send buffer size for accepted sockets (`SO_SNDBUF`).
     pub fn send_buffer_size(mut self, bytes: u32) -> Self {
         self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Caps the connections open at once (default 10,000). Above it, new connections are
+    /// accepted and closed at once (counted in [`GlobalStats::refused`](crate::GlobalStats)),
+    /// so clients fail fast instead of waiting in the listen backlog.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.min(Semaphore::MAX_PERMITS);
         self
     }
 
@@ -132,6 +161,8 @@ impl ServerBuilder {
                         listener,
                         group,
                         config: Arc::new(self.config),
+                        slots: Arc::new(Semaphore::new(self.max_connections)),
+                        max_connections: self.max_connections,
                     });
                 }
                 Err(error) => last_error = Some((addr, error)),
@@ -168,6 +199,9 @@ pub struct Server {
     listener: TcpListener,
     group: EventLoopGroup,
     config: Arc<ConnectionConfig>,
+    /// One permit per connection the server may hold at once.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Server {
@@ -180,6 +214,7 @@ impl Server {
             backlog: 1024,
             recv_buffer_size: None,
             send_buffer_size: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -221,22 +256,36 @@ impl Server {
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
+        // While set, accepting is paused (after a failed accept) until this instant.
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 Some(finished) = connections.join_next() => report(finished),
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                    paused_until = None;
+                }
+                accepted = self.listener.accept(), if paused_until.is_none() => match accepted {
+                    Ok((stream, peer)) => {
                         backoff.reset();
-                        if let Err(error) = self.start(stream, &pipeline, &registry, &mut connections) {
+                        global().accepted.add(1);
+                        let Some(permit) = self.admit() else {
+                            global().refused.add(1);
+                            tracing::debug!(%peer, limit = self.max_connections, "refusing a connection: the server is at its connection limit");
+                            drop(stream);
+                            continue;
+                        };
+                        if let Err(error) = self.start(stream, permit, &pipeline, &registry, &mut connections) {
                             tracing::debug!(%error, "could not hand an accepted connection to an event loop");
                         }
                     }
                     Err(error) => {
+                        // EMFILE, ENFILE, ENOBUFS...: retrying at once would spin a core.
+                        global().accept_errors.add(1);
                         let pause = backoff.next();
                         tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "accept failed; pausing before the next accept");
-                        tokio::time::sleep(pause).await;
+                        paused_until = Some(tokio::time::Instant::now() + pause);
                     }
                 },
             }
@@ -249,9 +298,15 @@ impl Server {
         Ok(())
     }
 
+    /// A slot under the connection cap, if one is free.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     fn start<F, C, S, W>(
         &self,
         stream: TcpStream,
+        permit: OwnedSemaphorePermit,
         pipeline: &Arc<F>,
         registry: &Arc<Registry>,
         connections: &mut JoinSet<()>,
@@ -284,6 +339,8 @@ impl Server {
                     }
                 };
                 let _registered = registry.register(&channel.shared);
+                // Held for the connection's life: its slot under the connection cap.
+                let _slot = permit;
                 connection::run(stream, pipeline(), channel, outbound, config).await;
             },
             self.group.next(),
@@ -316,6 +373,9 @@ impl Registry {
     fn register(self: &Arc<Self>, shared: &Arc<ChannelShared>) -> Registered {
         let mut inner = self.lock();
         if inner.closed {
+            shared
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             shared.request_close();
         }
         inner.connections.insert(shared.id, Arc::downgrade(shared));
@@ -336,6 +396,9 @@ impl Registry {
                 .collect()
         };
         for shared in connections {
+            shared
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             shared.request_close();
         }
     }

@@ -91,6 +91,7 @@ pub struct ChannelStats {
     write_buffer: Meter,
     messages_read: AtomicU64,
     messages_written: AtomicU64,
+    dropped_messages: AtomicU64,
 }
 
 impl ChannelStats {
@@ -122,6 +123,18 @@ impl ChannelStats {
         self.messages_written.load(Ordering::Relaxed)
     }
 
+    /// Messages to this connection dropped by an overflow policy.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped_messages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dropped(&self, messages: u64) {
+        if messages > 0 {
+            self.dropped_messages.fetch_add(messages, Ordering::Relaxed);
+            global().dropped_messages.add(messages);
+        }
+    }
+
     pub(crate) fn count_read(&self, messages: u64) {
         if messages > 0 {
             self.messages_read.fetch_add(messages, Ordering::Relaxed);
@@ -133,4 +146,64 @@ impl ChannelStats {
             self.messages_written.fetch_add(messages, Ordering::Relaxed);
         }
     }
+}
+
+/// A process-wide gauge (goes up and down).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicUsize);
+
+impl Gauge {
+    /// The current value.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn sub(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// A process-wide counter (only goes up).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Totals across every connection of the process, kept incrementally (reading them costs
+/// a few atomic loads, never a scan).
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// Open connections (servers and clients).
+    pub connections: Gauge,
+    /// Connections accepted by servers.
+    pub accepted: Counter,
+    /// Connections refused because a server was at its connection cap.
+    pub refused: Counter,
+    /// Failed `accept` calls (such as running out of file descriptors).
+    pub accept_errors: Counter,
+    /// Messages dropped by an overflow policy (drop newest / drop oldest).
+    pub dropped_messages: Counter,
+    /// Connections closed because they did not read fast enough.
+    pub slow_consumer_closes: Counter,
+    /// Live tasks owned by connections ([`Channel::spawn`](crate::Channel::spawn)).
+    pub owned_tasks: Gauge,
+    /// Live values tethered to connections ([`Channel::tether`](crate::Channel::tether)).
+    pub tethered_resources: Gauge,
+}
+
+static GLOBAL: std::sync::OnceLock<GlobalStats> = std::sync::OnceLock::new();
+
+/// The process-wide totals.
+pub fn global() -> &'static GlobalStats {
+    GLOBAL.get_or_init(GlobalStats::default)
 }

@@ -150,6 +150,22 @@ impl<'a, N, W> Context<'a, N, W> {
         self.io.channel.close();
     }
 
+    /// Starts a task owned by this connection (see [`Channel::spawn`]): cancelled and
+    /// awaited when the connection closes. Use it instead of `tokio::spawn`.
+    #[track_caller]
+    pub fn spawn<F>(&self, future: F) -> Result<crate::TetherKey>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.io.channel.spawn(future)
+    }
+
+    /// Holds `value` until the connection closes (see [`Channel::tether`]).
+    #[track_caller]
+    pub fn tether<T: Send + 'static>(&self, value: T) -> Result<crate::TetherKey> {
+        self.io.channel.tether(value)
+    }
+
     /// True once a close has been asked for.
     pub fn is_closing(&self) -> bool {
         self.io.channel.is_closing()

@@ -8,6 +8,37 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::pipeline::Context;
 
+/// Events the framework fires through a connection's pipeline, delivered to every
+/// handler's [`Handler::user_event`] as an [`Event`]; read them with
+/// [`Event::channel_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// The connection went over its high watermark of outbound bytes (`false`), or came
+    /// back under its low watermark (`true`). See [`Channel::is_writable`](crate::Channel::is_writable).
+    WritabilityChanged {
+        /// The new state.
+        writable: bool,
+    },
+    /// Nothing was read, written, or either, for the configured time (Netty's
+    /// `IdleStateEvent`). Fires again after each further period of the same idleness.
+    Idle(IdleState),
+    /// The server is shutting down: the connection closes after this event. Handlers may
+    /// still write (a goodbye); it is flushed within the close timeout.
+    ShutdownRequested,
+}
+
+/// Which side of a connection has been idle (see [`ChannelEvent::Idle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdleState {
+    /// Nothing was read for the reader timeout.
+    ReaderIdle,
+    /// Nothing was written for the writer timeout.
+    WriterIdle,
+    /// Nothing was read or written for the all-idle timeout.
+    AllIdle,
+}
+
 /// An event that is not a message: fired by a handler for the stages after it.
 ///
 /// Cheap to clone; carries any `Send + Sync` value.
@@ -23,6 +54,11 @@ impl Event {
     /// The value, if it is a `T`.
     pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
         self.0.downcast_ref()
+    }
+
+    /// The framework event this is, if it is one.
+    pub fn channel_event(&self) -> Option<ChannelEvent> {
+        self.downcast_ref::<ChannelEvent>().copied()
     }
 
     /// True if the value is a `T`.

@@ -35,7 +35,7 @@ use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, Encoder};
 
 pub use context::Context;
-pub use handler::{Event, Handler};
+pub use handler::{ChannelEvent, Event, Handler, IdleState};
 pub use stage::{Append, Node, Stage, Tail};
 
 use crate::executor::{Executor, Offload};
