@@ -89,6 +89,27 @@ impl EventLoopGroup {
         })
     }
 
+    /// A group of one loop: the tokio runtime this is called from, with no thread of its
+    /// own. For embedding in an application that manages its runtime, and for tests (with
+    /// tokio's paused time, idle timeouts fire at exact virtual times).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn current() -> EventLoopGroup {
+        EventLoopGroup {
+            inner: Arc::new(GroupInner {
+                name: "current".to_owned(),
+                loops: vec![EventLoop {
+                    handle: Handle::current(),
+                    stop: None,
+                    thread: None,
+                }],
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.inner.name

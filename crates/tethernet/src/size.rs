@@ -49,6 +49,21 @@ impl MessageSize for String {
     }
 }
 
+/// Counted in full for every holder: a message shared by many queues (a broadcast) is
+/// charged to each, so every queue's cap stays a true upper bound.
+impl MessageSize for std::sync::Arc<str> {
+    fn message_size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.len()
+    }
+}
+
+/// Counted in full for every holder (see `Arc<str>`).
+impl MessageSize for std::sync::Arc<[u8]> {
+    fn message_size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.len()
+    }
+}
+
 impl MessageSize for &'static str {
     fn message_size(&self) -> usize {
         std::mem::size_of::<Self>()

@@ -1,0 +1,68 @@
+//! Server limits: connections above the maximum are refused politely (accepted and
+//! closed at once, counted), and served again once a slot frees up.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{frame, read_frame, start};
+use tethernet::codec::LengthFieldCodec;
+use tethernet::{global, Context, Handler, Pipeline, Result, Server};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+struct Echo;
+
+impl Handler<BytesMut, BytesMut> for Echo {
+    type Next = BytesMut;
+    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+        ctx.write(f).await
+    }
+}
+
+async fn echoes(client: &mut TcpStream) -> bool {
+    if client.write_all(&frame(b"ping")).await.is_err() {
+        return false;
+    }
+    read_frame(client).await.as_deref() == Some(&b"ping"[..])
+}
+
+#[tokio::test]
+async fn connections_above_the_maximum_are_refused_until_a_slot_frees() {
+    let server = start(Server::builder().io_threads(1).max_connections(3), || {
+        Pipeline::builder(LengthFieldCodec::new(1024))
+            .handler(Echo)
+            .build()
+    })
+    .await;
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        assert!(echoes(&mut client).await);
+        admitted.push(client);
+    }
+    let refused_before = global().refused.get();
+    let mut refused = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        !echoes(&mut refused).await,
+        "the fourth connection is closed at once"
+    );
+    assert_eq!(global().refused.get(), refused_before + 1);
+
+    // One leaves; once the server has seen it go, a newcomer is served. (Each refused
+    // try is closed at once; the loop is bounded.)
+    drop(admitted.pop());
+    let mut served = None;
+    for _ in 0..200 {
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        if echoes(&mut client).await {
+            served = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        served.is_some(),
+        "a freed slot never admitted a new connection"
+    );
+    server.stop().await;
+}
