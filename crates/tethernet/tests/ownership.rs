@@ -115,7 +115,7 @@ async fn owned_tasks_and_tethered_values_go_with_their_connection() {
     // 2. The client resets the connection (RST, no FIN).
     let client = TcpStream::connect(server.addr).await.unwrap();
     let channel = channels.recv().await.unwrap();
-    client.set_linger(Some(Duration::ZERO)).unwrap();
+    client.set_zero_linger().unwrap();
     drop(client);
     assert_all_released("abrupt reset", &channel, &dropped, OWNED).await;
 
