@@ -64,6 +64,7 @@ pub mod group;
 pub mod handlers;
 pub mod pipeline;
 mod queue;
+pub mod reconnect;
 pub mod server;
 pub mod size;
 pub mod stats;
@@ -84,6 +85,7 @@ pub use group::{Broadcast, ChannelGroup};
 pub use pipeline::{
     ChannelEvent, Context, Event, Handler, IdleState, Pipeline, PipelineBuilder, PipelineCodec,
 };
+pub use reconnect::{Backoff, Reconnecting};
 pub use server::{Server, ServerBuilder};
 pub use size::MessageSize;
 pub use stats::{global, ChannelStats, GlobalStats, MemoryKind, Meter};

@@ -47,7 +47,22 @@ where
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
-    let server = builder.bind("127.0.0.1:0").await.expect("bind");
+    start_at(builder, "127.0.0.1:0".parse().unwrap(), pipeline).await
+}
+
+/// Like [`start`], on a given address.
+pub async fn start_at<F, C, S, W>(
+    builder: tethernet::ServerBuilder,
+    addr: SocketAddr,
+    pipeline: F,
+) -> TestServer
+where
+    F: Fn() -> Pipeline<C, S, W> + Send + Sync + 'static,
+    C: PipelineCodec<W>,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
+    let server = builder.bind(addr).await.expect("bind");
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve_until(pipeline, async {
