@@ -84,6 +84,19 @@ pub(crate) fn new_channel<W>(
     stream: &TcpStream,
     config: &ConnectionConfig,
 ) -> io::Result<(Channel<W>, ByteReceiver<W>)> {
+    Ok(channel_for(
+        stream.peer_addr()?,
+        stream.local_addr()?,
+        config,
+    ))
+}
+
+/// Creates the handle and the outbound queue of a new connection or socket.
+pub(crate) fn channel_for<W>(
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    config: &ConnectionConfig,
+) -> (Channel<W>, ByteReceiver<W>) {
     let stats = Arc::new(ChannelStats::default());
     let (outbound, receiver) = byte_queue(
         config.outbound_queue_capacity,
@@ -92,8 +105,8 @@ pub(crate) fn new_channel<W>(
     );
     let shared = Arc::new(ChannelShared {
         id: ChannelId::next(),
-        peer: stream.peer_addr()?,
-        local: stream.local_addr()?,
+        peer,
+        local,
         stats,
         close_requested: AtomicBool::new(false),
         writable: AtomicBool::new(true),
@@ -102,7 +115,7 @@ pub(crate) fn new_channel<W>(
         close_waker: Mutex::new(None),
         closed: CancellationToken::new(),
     });
-    Ok((Channel { shared, outbound }, receiver))
+    (Channel { shared, outbound }, receiver)
 }
 
 /// Runs one connection to its end.
@@ -173,7 +186,7 @@ pub(crate) async fn run<C, S, W>(
 /// unwinds through here too): every handle sees the close, and the waker registered for
 /// close requests — which refers to this task — is let go, so a handle outliving the
 /// connection does not keep the task's memory alive.
-struct ClosedGuard<'a>(&'a ChannelShared);
+pub(crate) struct ClosedGuard<'a>(pub(crate) &'a ChannelShared);
 
 impl Drop for ClosedGuard<'_> {
     fn drop(&mut self) {

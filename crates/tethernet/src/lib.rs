@@ -69,6 +69,7 @@ pub mod server;
 pub mod size;
 pub mod stats;
 pub mod tether;
+pub mod udp;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
