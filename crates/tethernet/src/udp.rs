@@ -364,21 +364,23 @@ where
             }
             // Until readiness is really pending: a stale readiness ends in `WouldBlock`,
             // which clears it, and only polling again registers for the next datagram.
-            while under_watermark {
-                match socket.poll_recv_ready(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Wake::Received(Err(error))),
-                    Poll::Ready(Ok(())) => {
-                        // One byte more than the largest datagram, to tell a truncated one.
-                        let mut buffer = buffers::take(max_datagram + 1);
-                        match socket.try_recv_buf_from(&mut buffer) {
-                            Ok((_, peer)) => {
-                                return Poll::Ready(Wake::Received(Ok((buffer, peer))))
+            if under_watermark {
+                loop {
+                    match socket.poll_recv_ready(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Wake::Received(Err(error))),
+                        Poll::Ready(Ok(())) => {
+                            // One byte more than the largest datagram, to tell a truncated one.
+                            let mut buffer = buffers::take(max_datagram + 1);
+                            match socket.try_recv_buf_from(&mut buffer) {
+                                Ok((_, peer)) => {
+                                    return Poll::Ready(Wake::Received(Ok((buffer, peer))))
+                                }
+                                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                                    buffers::give(buffer)
+                                }
+                                Err(error) => return Poll::Ready(Wake::Received(Err(error))),
                             }
-                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                                buffers::give(buffer)
-                            }
-                            Err(error) => return Poll::Ready(Wake::Received(Err(error))),
                         }
                     }
                 }

@@ -34,8 +34,9 @@ impl Handler<BytesMut, Bytes> for Member {
     type Next = BytesMut;
 
     async fn active(&mut self, ctx: &mut Context<'_, BytesMut, Bytes>) -> Result<()> {
-        self.group.add(ctx.channel());
+        // Recorded before joining: the test waits on the group's size, then reads this.
         self.joined.lock().unwrap().push(ctx.channel().clone());
+        self.group.add(ctx.channel());
         Ok(())
     }
 
