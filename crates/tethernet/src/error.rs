@@ -39,6 +39,16 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// A handler panicked. The connection is closed as after an error; other connections
+    /// are not affected.
+    #[error("handler `{handler}` panicked: {message}")]
+    Panic {
+        /// The handler's type name.
+        handler: &'static str,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+
     /// Binding or configuring a server or client failed.
     #[error("{0}")]
     Config(String),

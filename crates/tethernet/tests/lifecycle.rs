@@ -222,5 +222,12 @@ async fn handler_panic_closes_only_that_connection() {
         .await
         .expect("a handle must see the connection closed after a handler panic");
     assert!(read_frame(&mut t.other).await.is_none());
+    // The pipeline was told, with the handler's name and the panic message.
+    let errors = t.errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("Probe") && errors[0].contains("panicked on purpose"),
+        "{errors:?}"
+    );
     t.assert_good_still_served_and_stop().await;
 }
