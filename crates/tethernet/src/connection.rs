@@ -163,7 +163,7 @@ pub(crate) async fn run<C, S, W>(
         config: &config,
     };
 
-    let outcome = drive(
+    let outcome = crate::panics::guarded(drive(
         socket,
         &mut read_half,
         &mut reader,
@@ -171,7 +171,7 @@ pub(crate) async fn run<C, S, W>(
         &mut stages,
         &channel,
         &config,
-    )
+    ))
     .await;
     // The closing steps run once per connection; boxing them keeps their state (handler
     // futures, the close timer) out of the connection task, which every idle connection

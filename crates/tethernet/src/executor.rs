@@ -344,7 +344,8 @@ where
         };
         let result = match &self.blocking {
             None => {
-                let result = run_step(&mut segment, &self.channel, step).await;
+                let result =
+                    crate::panics::guarded(run_step(&mut segment, &self.channel, step)).await;
                 self.segment = Some(segment);
                 result
             }
@@ -352,7 +353,11 @@ where
                 let channel = self.channel.clone();
                 let runtime = handle.clone();
                 let call = tokio::task::spawn_blocking(move || {
-                    let result = runtime.block_on(run_step(&mut segment, &channel, step));
+                    let result = runtime.block_on(crate::panics::guarded(run_step(
+                        &mut segment,
+                        &channel,
+                        step,
+                    )));
                     (segment, result)
                 });
                 match call.await {

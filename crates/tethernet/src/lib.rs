@@ -62,6 +62,7 @@ pub mod event_loop;
 pub mod executor;
 pub mod group;
 pub mod handlers;
+mod panics;
 pub mod pipeline;
 mod queue;
 pub mod reconnect;

@@ -302,7 +302,14 @@ async fn run<C, S, W>(
         outbound,
         stats: &stats,
     };
-    let outcome = serve(&socket, &mut sink, &mut stages, &channel, max_datagram).await;
+    let outcome = crate::panics::guarded(serve(
+        &socket,
+        &mut sink,
+        &mut stages,
+        &channel,
+        max_datagram,
+    ))
+    .await;
     channel.close();
     if let Err(error) = &outcome {
         tracing::warn!(socket = %channel.local_addr(), %error, "UDP socket failed");

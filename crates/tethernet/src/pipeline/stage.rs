@@ -132,27 +132,6 @@ where
     }
 }
 
-/// Runs a handler's future, turning a panic into [`Error::Panic`] with the handler's name,
-/// so that only this connection closes, through the normal path that frees everything it
-/// holds. Costs nothing unless a panic happens.
-async fn guarded<F: Future<Output = Result<()>>>(handler: &'static str, future: F) -> Result<()> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(poll) => poll,
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(not a string)".to_owned());
-                std::task::Poll::Ready(Err(Error::Panic { handler, message }))
-            }
-        }
-    })
-    .await
-}
-
 fn tag(error: Error, handler: &'static str) -> Error {
     match error {
         Error::Other(source) => Error::Handler { handler, source },
@@ -169,7 +148,10 @@ where
 {
     async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        let result = guarded(Self::name(), self.handler.read(&mut ctx, message)).await;
+        let result = {
+            crate::panics::entering(Self::name());
+            self.handler.read(&mut ctx, message).await
+        };
         if let Err(error) = result {
             self.forward.clear();
             return Err(tag(error, Self::name()));
@@ -184,16 +166,22 @@ where
 
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        guarded(Self::name(), self.handler.active(&mut ctx))
-            .await
-            .map_err(|e| tag(e, Self::name()))?;
+        {
+            crate::panics::entering(Self::name());
+            self.handler.active(&mut ctx)
+        }
+        .await
+        .map_err(|e| tag(e, Self::name()))?;
         self.next.active(io).await?;
         self.deliver(io).await
     }
 
     async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        let result = guarded(Self::name(), self.handler.inactive(&mut ctx)).await;
+        let result = {
+            crate::panics::entering(Self::name());
+            self.handler.inactive(&mut ctx).await
+        };
         // Nothing more is delivered once the connection is going away.
         self.forward.clear();
         // Later stages are told even if this handler failed: each owns state to release.
@@ -203,16 +191,22 @@ where
 
     async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        guarded(Self::name(), self.handler.user_event(&mut ctx, event))
-            .await
-            .map_err(|e| tag(e, Self::name()))?;
+        {
+            crate::panics::entering(Self::name());
+            self.handler.user_event(&mut ctx, event)
+        }
+        .await
+        .map_err(|e| tag(e, Self::name()))?;
         self.deliver(io).await?;
         self.next.user_event(io, event).await
     }
 
     async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        if let Err(failure) = guarded(Self::name(), self.handler.error(&mut ctx, error)).await {
+        if let Err(failure) = {
+            crate::panics::entering(Self::name());
+            self.handler.error(&mut ctx, error).await
+        } {
             tracing::debug!(handler = Self::name(), %failure, "handler failed while handling an error");
         }
         self.forward.clear();
