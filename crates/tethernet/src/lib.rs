@@ -21,8 +21,16 @@
 //! - [`executor`]: ordered business executors (async and blocking) behind per-connection
 //!   queues capped in bytes (G1 order, G3 bounds).
 //! - [`codec`]: frame codecs, each with a mandatory maximum frame length.
-//! - [`channel`]: [`Channel`], the handle to a connection usable from any task.
-//! - [`stats`] and [`size`]: live per-connection byte counters, and how messages are measured.
+//! - [`channel`]: [`Channel`], the handle to a connection usable from any task; its
+//!   outbound overflow policies ([`Overflow`]).
+//! - [`tether`]: what a connection owns — tasks ([`Channel::spawn`]) and values
+//!   ([`Channel::tether`]) that go when it closes (G2).
+//! - [`group`]: [`ChannelGroup`], broadcast that respects each member's bounds.
+//! - [`handlers`]: ready-made handlers ([`handlers::Heartbeat`]).
+//! - [`reconnect`]: client connections kept up with backoff; [`udp`]: the same model on
+//!   datagram sockets.
+//! - [`stats`] and [`size`]: live per-connection byte counters, process-wide totals
+//!   ([`global`]), and how messages are measured.
 //!
 //! # Example
 //!
