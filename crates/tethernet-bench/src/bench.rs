@@ -16,7 +16,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// Options of the `echo` benchmark.
 #[derive(Debug, clap::Args)]
 pub struct EchoArgs {
-    /// The framework's echo example [default: <workspace>/target/release/examples/echo].
+    /// The framework's echo example [default: target/release/examples/echo under the workspace root].
     #[arg(long)]
     pub echo_bin: Option<PathBuf>,
     /// Frame payload sizes in bytes (each at least 12).
@@ -67,7 +67,7 @@ pub struct EchoArgs {
 /// Options of the `fairness` benchmark.
 #[derive(Debug, clap::Args)]
 pub struct FairnessArgs {
-    /// The framework's echo example [default: <workspace>/target/release/examples/echo].
+    /// The framework's echo example [default: target/release/examples/echo under the workspace root].
     #[arg(long)]
     pub echo_bin: Option<PathBuf>,
     /// Busy client connections.
