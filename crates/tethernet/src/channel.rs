@@ -106,6 +106,21 @@ impl ChannelShared {
         }
     }
 
+    /// For the connection task's wait: true once a close was asked for; until then, makes
+    /// sure a close request wakes this task. `registered` is the task's record of the
+    /// waker it registered (re-registered only if it changes, so waiting takes no lock).
+    pub(crate) fn poll_close(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        registered: &mut Option<Waker>,
+    ) -> bool {
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.register_close_waker(cx.waker());
+            *registered = Some(cx.waker().clone());
+        }
+        self.close_requested()
+    }
+
     /// Registers the connection task's waker for close requests.
     pub(crate) fn register_close_waker(&self, waker: &Waker) {
         *self

@@ -337,14 +337,7 @@ where
         let under_watermark = !writer.is_over_high_watermark();
         let has_pending_writes = !writer.buffer.is_empty();
         let wake = poll_fn(|cx| {
-            if !close_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                channel.shared.register_close_waker(cx.waker());
-                close_waker = Some(cx.waker().clone());
-            }
-            if channel.shared.close_requested() {
+            if channel.shared.poll_close(cx, &mut close_waker) {
                 return Poll::Ready(Wake::Closing);
             }
             if let Some(idle) = idle.as_mut() {
