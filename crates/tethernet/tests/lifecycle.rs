@@ -231,3 +231,35 @@ async fn handler_panic_closes_only_that_connection() {
     );
     t.assert_good_still_served_and_stop().await;
 }
+
+/// Echoes with tokio-util's own codec: any `Decoder + Encoder` plugs in unchanged.
+struct EchoBytes;
+
+impl Handler<BytesMut, bytes::Bytes> for EchoBytes {
+    type Next = BytesMut;
+    async fn read(
+        &mut self,
+        ctx: &mut Context<'_, BytesMut, bytes::Bytes>,
+        f: BytesMut,
+    ) -> Result<()> {
+        ctx.write(f.freeze()).await
+    }
+}
+
+#[tokio::test]
+async fn a_tokio_util_codec_plugs_in() {
+    let server = start(default_server(), || {
+        let codec = tokio_util::codec::LengthDelimitedCodec::builder()
+            .max_frame_length(1024)
+            .new_codec();
+        Pipeline::builder(codec).handler(EchoBytes).build()
+    })
+    .await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    client.write_all(&frame(b"from tokio-util")).await.unwrap();
+    assert_eq!(read_frame(&mut client).await.unwrap(), b"from tokio-util");
+    // Its own limit applies: a frame over 1024 bytes closes the connection.
+    client.write_all(&frame(&[0; 2000])).await.unwrap();
+    assert!(read_frame(&mut client).await.is_none());
+    server.stop().await;
+}
