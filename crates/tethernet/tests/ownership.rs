@@ -87,6 +87,11 @@ async fn assert_all_released(
         || tokio::time::sleep(Duration::from_millis(2)),
     )
     .await;
+    assert_eq!(
+        channel.stats().total_bytes(),
+        0,
+        "{what}: the connection still holds bytes"
+    );
 }
 
 #[tokio::test]
