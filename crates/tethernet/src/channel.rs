@@ -72,6 +72,8 @@ pub(crate) struct ChannelShared {
     /// connection task flushes what is queued, tells its handlers, and closes. Read per
     /// frame on the hot path, so a plain atomic (a `CancellationToken` takes a lock).
     pub(crate) close_requested: AtomicBool,
+    /// How long closing may wait on the peer or on the connection's own work.
+    pub(crate) close_timeout: std::time::Duration,
     /// Cleared while the connection holds more than its high watermark of outbound bytes
     /// (queued plus buffered), set again below the low watermark. Kept by the connection
     /// task, which tells its handlers when it changes.
@@ -279,14 +281,15 @@ impl<W: MessageSize> Channel<W> {
             return Err(Error::Closed);
         }
         let outcome = match policy {
-            Overflow::DropOldest => match self.outbound.send_evicting(message) {
-                Ok(0) => Ok(Offered::Queued),
-                Ok(evicted) => {
-                    self.stats().count_dropped(evicted as u64);
-                    Ok(Offered::QueuedDroppingOldest(evicted))
+            Overflow::DropOldest => {
+                let (result, evicted) = self.outbound.send_evicting(message);
+                self.stats().count_dropped(evicted as u64);
+                match result {
+                    Ok(()) if evicted == 0 => Ok(Offered::Queued),
+                    Ok(()) => Ok(Offered::QueuedDroppingOldest(evicted)),
+                    Err(error) => Err(error),
                 }
-                Err(error) => Err(error),
-            },
+            }
             Overflow::DropNewest | Overflow::CloseSlowConsumer => {
                 self.outbound.try_send(message).map(|()| Offered::Queued)
             }

@@ -109,6 +109,7 @@ pub(crate) fn channel_for<W>(
         local,
         stats,
         close_requested: AtomicBool::new(false),
+        close_timeout: config.close_timeout,
         writable: AtomicBool::new(true),
         shutting_down: AtomicBool::new(false),
         tether: Tether::new(config.max_owned_tasks),
@@ -176,7 +177,16 @@ pub(crate) async fn run<C, S, W>(
     // The closing steps run once per connection; boxing them keeps their state (handler
     // futures, the close timer) out of the connection task, which every idle connection
     // pays for.
-    Box::pin(close(outcome, &mut writer, &mut stages, &channel, &config)).await;
+    let closing = crate::panics::guarded(async {
+        Box::pin(close(outcome, &mut writer, &mut stages, &channel, &config)).await;
+        Ok(())
+    })
+    .await;
+    if let Err(error) = closing {
+        // The rest of the close still happens: buffers released, queue emptied, and the
+        // closed guard cancels what the connection owns.
+        tracing::error!(channel = %channel.id(), %error, "a handler panicked while the connection closed");
+    }
     writer.outbound.close_and_discard();
     reader.release(&stats);
     writer.release();

@@ -264,17 +264,32 @@ where
         Ok(())
     }
 
-    async fn inactive(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+    async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let state = std::mem::replace(&mut self.state, OffloadState::Finished);
         match state {
             OffloadState::Running { queue, drainer } => {
                 drop(queue);
-                // The connection is closing (its token is cancelled before `inactive`), so
-                // the drainer finishes its current call, drops the rest, runs the segment's
-                // `inactive`, and ends. Wait for it: it is owned by this connection.
-                if let Err(error) = drainer.await {
-                    if error.is_panic() {
+                // The connection is closing (its flag is set before `inactive`), so the
+                // drainer finishes its current call, drops the rest, runs the segment's
+                // `inactive`, and ends. Wait for it — it is owned by this connection —
+                // while serving the outbound side (its current call may be waiting for
+                // room there), and no longer than the close timeout.
+                let mut drainer = AbortOnDrop(drainer);
+                let limit = io.channel.shared.close_timeout;
+                let finished = io
+                    .serve_outbound_while(tokio::time::timeout(limit, &mut drainer.0))
+                    .await;
+                match finished {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(error))) if error.is_panic() => {
                         tracing::error!(executor = %self.executor.name(), "a handler on the executor panicked");
+                    }
+                    Ok(Ok(Err(_))) => {}
+                    Ok(Err(_elapsed)) => {
+                        tracing::warn!(executor = %self.executor.name(), "the executor's handlers did not finish within the close timeout; cancelling them");
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "the socket failed while the executor's handlers finished");
                     }
                 }
                 Ok(())
@@ -290,6 +305,15 @@ where
     async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {
         // Errors are reported to the segment where they happen; the executor's segment
         // learns that the connection is closing through `inactive`.
+    }
+}
+
+/// Aborts a task when dropped: a task owned by a connection never runs on detached.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::channel::{Channel, ChannelId, Offered, Overflow};
 use crate::size::MessageSize;
+use crate::tether::TetherKey;
 
 /// A named set of connections; cheap to clone.
 pub struct ChannelGroup<W> {
@@ -31,11 +32,14 @@ impl<W> Clone for ChannelGroup<W> {
 struct GroupInner<W> {
     name: String,
     policy: Overflow,
-    members: Mutex<HashMap<ChannelId, Channel<W>>>,
+    members: Mutex<Members<W>>,
 }
 
+/// The members of a group, each with the key of the close hook that removes it.
+type Members<W> = HashMap<ChannelId, (Channel<W>, Option<TetherKey>)>;
+
 impl<W> GroupInner<W> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<ChannelId, Channel<W>>> {
+    fn lock(&self) -> MutexGuard<'_, Members<W>> {
         self.members
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -75,21 +79,36 @@ impl<W: MessageSize + Clone + Send + 'static> ChannelGroup<W> {
     /// Adds a connection; it leaves by itself when it closes. False if it was a member.
     pub fn add(&self, channel: &Channel<W>) -> bool {
         let id = channel.id();
-        if self.inner.lock().insert(id, channel.clone()).is_some() {
+        let mut members = self.inner.lock();
+        if members.contains_key(&id) {
             return false;
         }
+        members.insert(id, (channel.clone(), None));
+        drop(members);
         let group: Weak<GroupInner<W>> = Arc::downgrade(&self.inner);
-        channel.shared.tether.on_close(Box::new(move || {
+        let hook = channel.shared.tether.on_close(Box::new(move || {
             if let Some(group) = group.upgrade() {
                 group.lock().remove(&id);
             }
         }));
+        if let Some(member) = self.inner.lock().get_mut(&id) {
+            member.1 = hook;
+        }
         true
     }
 
     /// Removes a connection; false if it was not a member.
     pub fn remove(&self, id: ChannelId) -> bool {
-        self.inner.lock().remove(&id).is_some()
+        let removed = self.inner.lock().remove(&id);
+        match removed {
+            Some((channel, hook)) => {
+                if let Some(hook) = hook {
+                    channel.shared.tether.remove_on_close(hook);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// True if the connection is a member.
@@ -122,7 +141,7 @@ impl<W: MessageSize + Clone + Send + 'static> ChannelGroup<W> {
         // the lock; that saves copying the member list per broadcast.
         let members = self.inner.lock();
         let mut report = Broadcast::default();
-        for (id, channel) in members.iter() {
+        for (id, (channel, _)) in members.iter() {
             if !include(*id) {
                 continue;
             }

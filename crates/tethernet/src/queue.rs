@@ -172,10 +172,10 @@ impl<T: MessageSize> ByteSender<T> {
         self.push(item, bytes, permits)
     }
 
-    /// Queues `item`, evicting the oldest queued messages to make room. Returns how many
-    /// were evicted; refuses (as full) only when evicting everything would still not make
-    /// room (the room is held by senders that are about to push).
-    pub(crate) fn send_evicting(&self, item: T) -> Result<usize, TrySendError<T>> {
+    /// Queues `item`, evicting the oldest queued messages to make room. Returns the
+    /// outcome and how many messages were evicted (on every path: room freed by eviction
+    /// can go to senders already waiting, so the item may still be refused).
+    pub(crate) fn send_evicting(&self, item: T) -> (Result<(), TrySendError<T>>, usize) {
         let bytes = item.message_size();
         let permits = self.permits_for(bytes);
         let mut evicted = Vec::new();
@@ -205,14 +205,14 @@ impl<T: MessageSize> ByteSender<T> {
         let count = evicted.len();
         // Evicted messages are dropped outside the lock: their destructors may do anything.
         drop(evicted);
-        match outcome {
+        let result = match outcome {
             Ok(()) => self
                 .push(item, bytes, permits)
-                .map(|()| count)
                 .map_err(TrySendError::Closed),
             Err(true) => Err(TrySendError::Full(item)),
             Err(false) => Err(TrySendError::Closed(item)),
-        }
+        };
+        (result, count)
     }
 
     /// Queues `item` if there is room now.
@@ -371,9 +371,8 @@ mod tests {
             tx.try_send(vec![i; 200]).unwrap_or_else(|_| panic!("room"));
         }
         // 4 x ~224 bytes queued; a 400-byte message needs the two oldest gone.
-        let evicted = tx
-            .send_evicting(vec![9; 400])
-            .unwrap_or_else(|_| panic!("evicts"));
+        let (result, evicted) = tx.send_evicting(vec![9; 400]);
+        assert!(result.is_ok());
         assert_eq!(evicted, 2);
         assert_eq!(rx.recv().await.unwrap()[0], 2);
         assert_eq!(rx.recv().await.unwrap()[0], 3);

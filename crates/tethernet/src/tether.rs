@@ -47,7 +47,7 @@ struct State {
     next_key: u64,
     tasks: HashMap<u64, OwnedTask>,
     resources: HashMap<u64, Resource>,
-    on_close: Vec<Box<dyn FnOnce() + Send>>,
+    on_close: HashMap<u64, Box<dyn FnOnce() + Send>>,
 }
 
 /// Everything one connection owns besides its buffers and queues.
@@ -110,10 +110,12 @@ impl Tether {
                     created_at,
                 },
             );
+            // Counted under the lock: a close racing with this spawn must see the task
+            // as live, and wait for it.
+            self.live_tasks.fetch_add(1, Ordering::AcqRel);
+            global().owned_tasks.add(1);
             key
         };
-        self.live_tasks.fetch_add(1, Ordering::AcqRel);
-        global().owned_tasks.add(1);
         let guard = TaskGuard {
             tether: self.clone(),
             key,
@@ -182,15 +184,25 @@ impl Tether {
         }
     }
 
-    /// Runs `hook` when the connection closes (at once if it already has).
-    pub(crate) fn on_close(&self, hook: Box<dyn FnOnce() + Send>) {
+    /// Runs `hook` when the connection closes (at once, returning `None`, if it already
+    /// has). The key removes the hook again ([`Tether::remove_on_close`]).
+    pub(crate) fn on_close(&self, hook: Box<dyn FnOnce() + Send>) -> Option<TetherKey> {
         let mut state = self.lock();
         if state.closed {
             drop(state);
             hook();
-        } else {
-            state.on_close.push(hook);
+            return None;
         }
+        let key = state.next_key;
+        state.next_key += 1;
+        state.on_close.insert(key, hook);
+        Some(TetherKey(key))
+    }
+
+    /// Forgets a close hook (so that hooks do not pile up on a long-lived connection).
+    pub(crate) fn remove_on_close(&self, key: TetherKey) {
+        let removed = self.lock().on_close.remove(&key.0);
+        drop(removed);
     }
 
     /// Live owned tasks and tethered values of this connection.
@@ -225,7 +237,7 @@ impl Tether {
         global().tethered_resources.sub(resources.len());
         // Values and hooks run outside the lock: they may do anything.
         drop(resources);
-        for hook in hooks {
+        for hook in hooks.into_values() {
             hook();
         }
     }

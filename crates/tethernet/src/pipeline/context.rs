@@ -72,15 +72,32 @@ impl<'a, W> Io<'a, W> {
 
     /// Waits for `future`; on the I/O thread, keeps serving the outbound side meanwhile
     /// (a business executor blocked on a full outbound queue must be able to make progress
-    /// while this connection waits for room in that executor's inbound queue).
+    /// while this connection waits for room in that executor's inbound queue). Gives up
+    /// with [`Error::Closed`] once a close is asked for: a peer that stopped reading must
+    /// not hold a closing connection.
     pub(crate) async fn wait_for<F: Future>(&mut self, future: F) -> Result<F::Output> {
+        self.wait(future, true).await
+    }
+
+    /// Like [`Io::wait_for`], but also while closing: for the close path itself, which
+    /// bounds the wait with the close timeout.
+    pub(crate) async fn serve_outbound_while<F: Future>(&mut self, future: F) -> Result<F::Output> {
+        self.wait(future, false).await
+    }
+
+    async fn wait<F: Future>(&mut self, future: F, give_up_on_close: bool) -> Result<F::Output> {
+        let shared = &self.channel.shared;
         match &mut self.sink {
             Sink::Queued => Ok(future.await),
             Sink::Direct(sink) => {
                 let mut future = pin!(future);
+                let mut registered = None;
                 poll_fn(|cx| {
                     if let Poll::Ready(output) = future.as_mut().poll(cx) {
                         return Poll::Ready(Ok(output));
+                    }
+                    if give_up_on_close && shared.poll_close(cx, &mut registered) {
+                        return Poll::Ready(Err(Error::Closed));
                     }
                     match sink.poll_serve_outbound(cx) {
                         Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -187,7 +204,20 @@ impl<N, W: MessageSize> Context<'_, N, W> {
             Sink::Direct(sink) => {
                 sink.encode(message)?;
                 if sink.is_over_high_watermark() {
-                    poll_fn(|cx| sink.poll_flush_to_low_watermark(cx)).await?;
+                    // Waits for the peer to read, but not past a close request: a peer
+                    // that stopped reading must not hold a closing connection.
+                    let shared = &self.io.channel.shared;
+                    let mut registered = None;
+                    poll_fn(|cx| {
+                        if let Poll::Ready(flushed) = sink.poll_flush_to_low_watermark(cx) {
+                            return Poll::Ready(flushed);
+                        }
+                        if shared.poll_close(cx, &mut registered) {
+                            return Poll::Ready(Err(Error::Closed));
+                        }
+                        Poll::Pending
+                    })
+                    .await?;
                 }
                 Ok(())
             }
