@@ -253,12 +253,10 @@ impl<W> Channel<W> {
 impl<W: MessageSize> Channel<W> {
     /// Queues `message` for writing, waiting while the outbound queue is full.
     ///
-    /// Fails with [`Error::Closed`] if the connection is closed or closes while waiting.
+    /// While the connection is closing, writes are still taken and flushed within the
+    /// close timeout (a goodbye from a handler on an executor, say). Fails with
+    /// [`Error::Closed`] once the connection has closed its queue, also while waiting.
     pub async fn write(&self, message: W) -> Result<()> {
-        if self.shared.close_requested() {
-            return Err(Error::Closed);
-        }
-        // A closed connection closes its queue, which wakes this wait with an error.
         self.outbound.send(message).await.map_err(|_| Error::Closed)
     }
 

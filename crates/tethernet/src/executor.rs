@@ -260,7 +260,17 @@ where
         let OffloadState::Running { queue, .. } = &self.state else {
             return Ok(());
         };
-        let _ = io.wait_for(queue.send(Item::Event(event.clone()))).await?;
+        let send = queue.send(Item::Event(event.clone()));
+        if io.channel.is_closing() {
+            // An event on the close path (the shutdown notice): the drainer is dropping
+            // queued messages, so room comes quickly; wait for it within the close timeout.
+            let limit = io.channel.shared.close_timeout;
+            let _ = io
+                .serve_outbound_while(tokio::time::timeout(limit, send))
+                .await?;
+        } else {
+            let _ = io.wait_for(send).await?;
+        }
         Ok(())
     }
 
@@ -345,16 +355,23 @@ where
         let mut failed = self.step(Step::Active).await.is_err();
         // The connection closes this queue's only sender when it closes (after setting
         // its close flag), so `recv` wakes up for the close too.
+        // Once the connection is closing, queued messages are dropped unread, but events
+        // (such as the shutdown notice) still reach the handlers. The loop ends when the
+        // connection lets go of the queue, in its close path.
+        let mut dropped = 0;
         while !failed {
             let Some(item) = self.receiver.recv().await else {
                 break;
             };
             if self.channel.shared.close_requested() {
-                break;
+                if let Item::Read(_) = item {
+                    dropped += 1;
+                    continue;
+                }
             }
             failed = self.step(Step::Item(item)).await.is_err();
         }
-        let dropped = self.receiver.close_and_discard();
+        dropped += self.receiver.close_and_discard();
         if dropped > 0 {
             tracing::debug!(channel = %self.channel.id(), executor = %self.executor, dropped, "connection closed; dropped its queued business work");
         }

@@ -1,6 +1,6 @@
 //! Graceful shutdown: with clients connected and business work in flight, shutdown stops
-//! accepting, tells the handlers (who may say goodbye), closes every connection, and
-//! returns only when nothing is left running.
+//! accepting, tells the handlers — on the I/O thread and on executors — who may say
+//! goodbye, closes every connection, and returns only when nothing is left running.
 
 mod common;
 
@@ -34,7 +34,7 @@ impl Handler<BytesMut, BytesMut> for Goodbye {
     }
 }
 
-/// On an executor: slow business work, then the echo.
+/// On an executor: slow business work, then the echo; says its own goodbye too.
 struct SlowEcho;
 
 impl Handler<BytesMut, BytesMut> for SlowEcho {
@@ -43,6 +43,17 @@ impl Handler<BytesMut, BytesMut> for SlowEcho {
         tokio::time::sleep(Duration::from_millis(20)).await;
         ctx.spawn(async { std::future::pending::<()>().await })?;
         ctx.write(f).await
+    }
+    async fn user_event(
+        &mut self,
+        ctx: &mut Context<'_, BytesMut, BytesMut>,
+        event: &Event,
+    ) -> Result<()> {
+        if event.channel_event() == Some(ChannelEvent::ShutdownRequested) {
+            ctx.write(BytesMut::from(&b"BYE FROM THE EXECUTOR"[..]))
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -76,15 +87,22 @@ async fn shutdown_with_work_in_flight_says_goodbye_and_leaves_nothing_running() 
     for (c, client) in clients.iter_mut().enumerate() {
         let mut next = 1u8;
         let mut said_bye = false;
+        let mut executor_said_bye = false;
         while let Some(reply) = read_frame(client).await {
             if reply == b"BYE" {
                 said_bye = true;
+            } else if reply == b"BYE FROM THE EXECUTOR" {
+                executor_said_bye = true;
             } else {
                 assert_eq!(reply, [c as u8, next], "replies stay in order to the end");
                 next += 1;
             }
         }
         assert!(said_bye, "client {c} got no goodbye");
+        assert!(
+            executor_said_bye,
+            "client {c} got no goodbye from the executor's handler"
+        );
         assert!(
             next < 50,
             "queued work was dropped, not finished: {next} replies"
