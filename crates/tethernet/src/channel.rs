@@ -228,7 +228,8 @@ impl<W> Channel<W> {
 
     /// Holds `value` for this connection: it is dropped when the connection closes (or at
     /// [`untether`](Channel::untether)). For subscription guards, timers, leases — anything
-    /// whose cleanup must not outlive the connection.
+    /// whose cleanup must not outlive the connection. Fails once the connection is closed,
+    /// or when it already holds its cap of tethered values.
     #[track_caller]
     pub fn tether<T: Send + 'static>(&self, value: T) -> Result<TetherKey> {
         self.shared.tether.tether(value)

@@ -109,7 +109,8 @@ impl ServerBuilder {
     }
 
     /// Caps the live tasks each connection may own through
-    /// [`Channel::spawn`](crate::Channel::spawn) (default 1024).
+    /// [`Channel::spawn`](crate::Channel::spawn), and likewise the values it may hold
+    /// through [`Channel::tether`](crate::Channel::tether) (default 1024 each).
     pub fn max_owned_tasks(mut self, tasks: usize) -> Self {
         self.config.max_owned_tasks = tasks;
         self

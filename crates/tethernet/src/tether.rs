@@ -57,7 +57,8 @@ pub(crate) struct Tether {
     live_tasks: AtomicUsize,
     /// Signalled when `live_tasks` reaches zero.
     tasks_gone: Notify,
-    /// Caps the number of live owned tasks (G3: no unbounded growth per connection).
+    /// Caps the live owned tasks, and separately the tethered values, of one connection
+    /// (G3: nothing a connection holds grows without bound).
     max_tasks: usize,
 }
 
@@ -145,6 +146,12 @@ impl Tether {
         let mut state = self.lock();
         if state.closed {
             return Err(Error::Closed);
+        }
+        if state.resources.len() >= self.max_tasks {
+            return Err(Error::Config(format!(
+                "the connection already holds {} tethered values (the cap); untether some first",
+                self.max_tasks
+            )));
         }
         let key = state.next_key;
         state.next_key += 1;

@@ -116,28 +116,32 @@ impl<C: Clone> DatagramCodec<C> {
     }
 }
 
+impl<C: Decoder> DatagramCodec<C> {
+    /// Tags a frame the inner codec decoded with the peer it came from.
+    fn tagged(
+        &self,
+        decoded: Result<Option<C::Item>, C::Error>,
+    ) -> Result<Option<Datagram<C::Item>>, C::Error> {
+        // The socket task sets the peer before decoding each datagram.
+        let Some(peer) = self.from else {
+            return Ok(None);
+        };
+        Ok(decoded?.map(|message| Datagram { peer, message }))
+    }
+}
+
 impl<C: Decoder> Decoder for DatagramCodec<C> {
     type Item = Datagram<C::Item>;
     type Error = C::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, C::Error> {
-        let Some(peer) = self.from else {
-            return Ok(None);
-        };
-        Ok(self
-            .inner
-            .decode(src)?
-            .map(|message| Datagram { peer, message }))
+        let decoded = self.inner.decode(src);
+        self.tagged(decoded)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, C::Error> {
-        let Some(peer) = self.from else {
-            return Ok(None);
-        };
-        Ok(self
-            .inner
-            .decode_eof(src)?
-            .map(|message| Datagram { peer, message }))
+        let decoded = self.inner.decode_eof(src);
+        self.tagged(decoded)
     }
 }
 

@@ -1,14 +1,16 @@
 //! Server limits: connections above the maximum are refused politely (accepted and
-//! closed at once, counted), and served again once a slot frees up.
+//! closed at once, counted), and served again once a slot frees up; a connection's owned
+//! tasks and tethered values are capped.
 
 mod common;
 
 use bytes::BytesMut;
-use common::{frame, read_frame, start};
+use common::{default_server, frame, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
-use tethernet::{global, Context, Handler, Pipeline, Result, Server};
+use tethernet::{global, Channel, Context, Handler, Pipeline, Result, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 struct Echo;
 
@@ -65,4 +67,48 @@ async fn connections_above_the_maximum_are_refused_until_a_slot_frees() {
         "a freed slot never admitted a new connection"
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn owned_tasks_and_tethered_values_are_capped_per_connection() {
+    let (tx, mut channels) = mpsc::channel(1);
+    let server = start(default_server().max_owned_tasks(3), move || {
+        Pipeline::builder(LengthFieldCodec::new(1024))
+            .handler(Capture(tx.clone()))
+            .build()
+    })
+    .await;
+    let _client = TcpStream::connect(server.addr).await.unwrap();
+    let channel = channels.recv().await.unwrap();
+    for _ in 0..3 {
+        channel.spawn(std::future::pending()).unwrap();
+        channel.tether(()).unwrap();
+    }
+    assert!(
+        channel.spawn(std::future::pending()).is_err(),
+        "a 4th owned task"
+    );
+    assert!(channel.tether(()).is_err(), "a 4th tethered value");
+    assert_eq!(channel.owned(), (3, 3));
+    server.stop().await;
+}
+
+/// Hands each connection's channel to the test.
+struct Capture(mpsc::Sender<Channel<BytesMut>>);
+
+impl Handler<BytesMut, BytesMut> for Capture {
+    type Next = BytesMut;
+    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+        self.0
+            .send(ctx.channel().clone())
+            .await
+            .map_err(tethernet::Error::other)
+    }
+    async fn read(
+        &mut self,
+        _ctx: &mut Context<'_, BytesMut, BytesMut>,
+        _f: BytesMut,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
