@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use clap::{Parser, ValueEnum};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{Context, Executor, Handler, Pipeline, Result, Server};
 
 #[derive(Parser, Debug)]
@@ -53,14 +53,10 @@ enum Offload {
 /// Writes every frame back unchanged.
 struct Echo;
 
-impl Handler<BytesMut, BytesMut> for Echo {
-    type Next = BytesMut;
+impl Handler<Frame, Frame> for Echo {
+    type Next = Frame;
 
-    async fn read(
-        &mut self,
-        ctx: &mut Context<'_, BytesMut, BytesMut>,
-        frame: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
         ctx.write(frame).await
     }
 }
@@ -71,14 +67,10 @@ struct Jitter {
     blocking: bool,
 }
 
-impl Handler<BytesMut, BytesMut> for Jitter {
-    type Next = BytesMut;
+impl Handler<Frame, Frame> for Jitter {
+    type Next = Frame;
 
-    async fn read(
-        &mut self,
-        ctx: &mut Context<'_, BytesMut, BytesMut>,
-        frame: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
         if self.max_us > 0 {
             let wait = Duration::from_micros(fastrand::u64(0..self.max_us));
             if self.blocking {

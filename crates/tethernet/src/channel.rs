@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::queue::{ByteSender, TrySendError};
 use crate::size::MessageSize;
-use crate::stats::{global, ChannelStats};
-use crate::tether::{Tether, TetherKey};
+use crate::stats::{global, ChannelStats, ConnectionInfo};
+use crate::tether::{Tether, TetherKey, Tracked};
 
 /// What [`Channel::offer`] does when the outbound queue is full. (The fourth policy,
 /// waiting, is [`Channel::write`].)
@@ -67,6 +67,7 @@ pub(crate) struct ChannelShared {
     pub(crate) id: ChannelId,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
+    pub(crate) opened: std::time::Instant,
     pub(crate) stats: Arc<ChannelStats>,
     /// Set when anyone asks the connection to close (or the server shuts down): the
     /// connection task flushes what is queued, tells its handlers, and closes. Read per
@@ -90,6 +91,24 @@ pub(crate) struct ChannelShared {
 }
 
 impl ChannelShared {
+    /// What the connection holds now.
+    pub(crate) fn info(&self) -> ConnectionInfo {
+        let (owned_tasks, tethered_resources) = self.tether.counts();
+        let bytes = self.stats.bytes_by_kind();
+        ConnectionInfo {
+            id: self.id,
+            peer: self.peer,
+            local: self.local,
+            age: self.opened.elapsed(),
+            total_bytes: bytes.iter().map(|(_, n)| n).sum(),
+            bytes,
+            owned_tasks,
+            tethered_resources,
+            messages_read: self.stats.messages_read(),
+            messages_written: self.stats.messages_written(),
+        }
+    }
+
     /// True once a close was asked for through a handle or seen by the connection task.
     pub(crate) fn close_requested(&self) -> bool {
         self.close_requested.load(Ordering::Relaxed)
@@ -238,6 +257,20 @@ impl<W> Channel<W> {
     /// Drops a tethered value now; false if there was none under `key`.
     pub fn untether(&self, key: TetherKey) -> bool {
         self.shared.tether.untether(key)
+    }
+
+    /// Marks `value` as belonging to this connection while the caller keeps it: it is
+    /// counted against the connection (by its inline size) and, if still alive a grace
+    /// period after the connection closed, reported as a leak with the caller's location
+    /// ([`crate::leak`]). Fails with [`Error::Closed`] once the connection has closed.
+    #[track_caller]
+    pub fn track<T>(&self, value: T) -> Result<Tracked<T>> {
+        Tracked::new(&self.shared.tether, value)
+    }
+
+    /// What the connection holds now: bytes by kind, owned tasks, tethered values.
+    pub fn info(&self) -> ConnectionInfo {
+        self.shared.info()
     }
 
     /// Live tasks owned by this connection and values tethered to it.

@@ -25,17 +25,18 @@ use bytes::{Buf, BytesMut};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::codec::Encoder;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffers;
 use crate::channel::{Channel, ChannelId, ChannelShared};
 use crate::error::{Error, Result};
+use crate::frame::{DecodeScope, ReadAllocation};
 use crate::pipeline::context::{DirectSink, Io};
 use crate::pipeline::{ChannelEvent, Event, IdleState, Pipeline, PipelineCodec, Stage};
 use crate::queue::{byte_queue, ByteReceiver};
 use crate::size::MessageSize;
-use crate::stats::{global, ChannelStats, MemoryKind};
+use crate::stats::{ChannelStats, MemoryKind};
 use crate::tether::{Tether, DEFAULT_MAX_OWNED_TASKS};
 
 /// Per-connection limits and buffer sizes, shared by the connections of a server or client.
@@ -107,12 +108,13 @@ pub(crate) fn channel_for<W>(
         id: ChannelId::next(),
         peer,
         local,
+        opened: std::time::Instant::now(),
+        tether: Tether::new(config.max_owned_tasks, stats.clone()),
         stats,
         close_requested: AtomicBool::new(false),
         close_timeout: config.close_timeout,
         writable: AtomicBool::new(true),
         shutting_down: AtomicBool::new(false),
-        tether: Tether::new(config.max_owned_tasks),
         close_waker: Mutex::new(None),
         closed: CancellationToken::new(),
     });
@@ -132,8 +134,7 @@ pub(crate) async fn run<C, S, W>(
     W: MessageSize + Send + 'static,
 {
     // Declared before everything else so that it runs last, after the socket is closed.
-    global().connections.add(1);
-    let _closed = ClosedGuard(&channel.shared);
+    let _closed = ClosedGuard::new(&channel.shared);
     let mut stream = stream;
     let _ = stream.set_nodelay(config.nodelay);
     let Pipeline {
@@ -159,9 +160,13 @@ pub(crate) async fn run<C, S, W>(
     };
     let mut reader = Reader {
         buffer: BytesMut::new(),
-        accounted: 0,
+        scope: None,
+        fingerprint: 0,
+        decoder: 0,
         read_size: config.initial_read_size,
         config: &config,
+        stats: stats.clone(),
+        tether: channel.shared.tether.clone(),
     };
 
     let outcome = crate::panics::guarded(drive(
@@ -188,7 +193,7 @@ pub(crate) async fn run<C, S, W>(
         tracing::error!(channel = %channel.id(), %error, "a handler panicked while the connection closed");
     }
     writer.outbound.close_and_discard();
-    reader.release(&stats);
+    reader.release();
     writer.release();
 }
 
@@ -196,13 +201,23 @@ pub(crate) async fn run<C, S, W>(
 /// unwinds through here too): every handle sees the close, and the waker registered for
 /// close requests — which refers to this task — is let go, so a handle outliving the
 /// connection does not keep the task's memory alive.
-pub(crate) struct ClosedGuard<'a>(pub(crate) &'a ChannelShared);
+pub(crate) struct ClosedGuard<'a>(&'a ChannelShared);
+
+impl<'a> ClosedGuard<'a> {
+    /// Counts and lists the connection as open until the guard is dropped.
+    pub(crate) fn new(shared: &'a Arc<ChannelShared>) -> ClosedGuard<'a> {
+        crate::stats::register(shared);
+        ClosedGuard(shared)
+    }
+}
 
 impl Drop for ClosedGuard<'_> {
     fn drop(&mut self) {
         // Normally done by the close path already; this covers a panic.
         self.0.tether.close();
-        global().connections.sub(1);
+        crate::stats::unregister(self.0);
+        // Whatever of the connection is still alive now is watched for leaks.
+        crate::leak::watch(self.0);
         self.0.close_requested.store(true, Ordering::Relaxed);
         self.0
             .close_waker
@@ -308,7 +323,7 @@ where
         // read until it can.
         let mut frames = 0;
         while !channel.shared.close_requested() {
-            match writer.codec.decode(&mut reader.buffer) {
+            match reader.decode(&mut writer.codec) {
                 Ok(Some(frame)) => {
                     frames += 1;
                     if let Err(error) = stages.read(&mut Io::direct(channel, writer), frame).await {
@@ -327,7 +342,7 @@ where
         if channel.shared.close_requested() {
             return Ok(());
         }
-        reader.settle(stats);
+        reader.settle();
         writer.write_until(0)?;
         writer.settle();
         if let Some(idle) = idle.as_mut() {
@@ -361,7 +376,7 @@ where
                     if let Err(error) = ready {
                         return Poll::Ready(Wake::Read(Err(error)));
                     }
-                    if let Poll::Ready(read) = reader.poll_read(read_half, cx, stats) {
+                    if let Poll::Ready(read) = reader.poll_read(read_half, cx) {
                         return Poll::Ready(Wake::Read(read));
                     }
                 }
@@ -398,7 +413,7 @@ where
                     Ok(0) => {
                         // End of stream: frames still buffered are handed on, then close.
                         loop {
-                            match writer.codec.decode_eof(&mut reader.buffer) {
+                            match reader.decode_eof(&mut writer.codec) {
                                 Ok(Some(frame)) => {
                                     stats.count_read(1);
                                     stages.read(&mut Io::direct(channel, writer), frame).await?;
@@ -547,13 +562,26 @@ impl IdleTimer {
     }
 }
 
-/// The read side: the read buffer and its sizing.
+/// The read side: the read buffer, its sizing and its accounting.
+///
+/// Each allocation the buffer reads into is charged to the connection at full capacity
+/// ([`ReadAllocation`]), shared with the frames cut from it, so that the charge lasts as
+/// long as any of them keeps the allocation alive. An allocation is recognised by where
+/// it ends (`ptr + capacity` of the buffer is unchanged by splitting frames off its
+/// front, and changes when the buffer moves to a new allocation).
 struct Reader<'a> {
     buffer: BytesMut,
-    /// Capacity last reported to the meter.
-    accounted: usize,
+    /// The current allocation's charge and the connection's tether, made current around
+    /// each `decode` call so that frames are charged and tracked.
+    scope: Option<DecodeScope>,
+    /// The end address of the allocation `scope` charges (0: none).
+    fingerprint: usize,
+    /// Bytes of a partial frame, moved from the read-buffer figure to the decoder's.
+    decoder: usize,
     read_size: usize,
     config: &'a ConnectionConfig,
+    stats: Arc<ChannelStats>,
+    tether: Arc<Tether>,
 }
 
 impl Reader<'_> {
@@ -561,7 +589,6 @@ impl Reader<'_> {
         &mut self,
         source: &mut ReadHalf<'_>,
         cx: &mut TaskContext<'_>,
-        stats: &ChannelStats,
     ) -> Poll<io::Result<usize>> {
         if self.buffer.capacity() == 0 {
             self.buffer = buffers::take(self.read_size);
@@ -584,35 +611,76 @@ impl Reader<'_> {
                 }
             }
             // Readiness was stale: do not hold a buffer while waiting.
-            Poll::Pending => self.settle(stats),
+            Poll::Pending => self.settle(),
             Poll::Ready(Err(_)) => {}
         }
-        self.account(stats);
+        self.account();
         result
     }
 
-    /// After decoding: release the buffer if it holds nothing, so an idle connection holds
-    /// no read buffer.
-    fn settle(&mut self, stats: &ChannelStats) {
+    /// Decodes the next frame with this connection's accounting scope current.
+    fn decode<C: Decoder>(
+        &mut self,
+        codec: &mut C,
+    ) -> std::result::Result<Option<C::Item>, C::Error> {
+        let buffer = &mut self.buffer;
+        crate::frame::decoding(&mut self.scope, || codec.decode(buffer))
+    }
+
+    /// Like [`Reader::decode`], at the end of the stream.
+    fn decode_eof<C: Decoder>(
+        &mut self,
+        codec: &mut C,
+    ) -> std::result::Result<Option<C::Item>, C::Error> {
+        let buffer = &mut self.buffer;
+        crate::frame::decoding(&mut self.scope, || codec.decode_eof(buffer))
+    }
+
+    /// After decoding: what is left is a partial frame (the decoder's figure); release
+    /// the buffer if it holds nothing, so an idle connection holds no read buffer.
+    fn settle(&mut self) {
+        self.set_decoder(self.buffer.len());
         if self.buffer.is_empty() && self.buffer.capacity() > 0 {
             buffers::give(std::mem::take(&mut self.buffer));
         }
-        self.account(stats);
+        self.account();
     }
 
-    fn account(&mut self, stats: &ChannelStats) {
+    /// Charges a new allocation when the buffer has moved to one (the old charge stays
+    /// with the frames that still pin the old allocation).
+    fn account(&mut self) {
         let capacity = self.buffer.capacity();
-        if capacity != self.accounted {
-            stats
+        let fingerprint = if capacity == 0 {
+            0
+        } else {
+            self.buffer.as_ptr() as usize + capacity
+        };
+        if fingerprint == self.fingerprint {
+            return;
+        }
+        self.set_decoder(0);
+        self.scope = (capacity > 0).then(|| DecodeScope {
+            allocation: ReadAllocation::new(capacity, &self.stats),
+            tether: self.tether.clone(),
+        });
+        self.fingerprint = fingerprint;
+    }
+
+    fn set_decoder(&mut self, bytes: usize) {
+        if bytes != self.decoder {
+            self.stats
+                .meter(MemoryKind::Decoder)
+                .update(self.decoder, bytes);
+            self.stats
                 .meter(MemoryKind::ReadBuffer)
-                .update(self.accounted, capacity);
-            self.accounted = capacity;
+                .update(bytes, self.decoder);
+            self.decoder = bytes;
         }
     }
 
-    fn release(&mut self, stats: &ChannelStats) {
+    fn release(&mut self) {
         buffers::give(std::mem::take(&mut self.buffer));
-        self.account(stats);
+        self.account();
     }
 }
 

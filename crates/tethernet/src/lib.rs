@@ -35,15 +35,15 @@
 //! # Example
 //!
 //! ```no_run
-//! use bytes::BytesMut;
+//! use tethernet::Frame;
 //! use tethernet::codec::LengthFieldCodec;
 //! use tethernet::{Context, Handler, Pipeline, Result, Server};
 //!
 //! struct Echo;
 //!
-//! impl Handler<BytesMut, BytesMut> for Echo {
-//!     type Next = BytesMut;
-//!     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, frame: BytesMut) -> Result<()> {
+//! impl Handler<Frame, Frame> for Echo {
+//!     type Next = Frame;
+//!     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
 //!         ctx.write(frame).await
 //!     }
 //! }
@@ -68,8 +68,10 @@ mod connection;
 pub mod error;
 pub mod event_loop;
 pub mod executor;
+mod frame;
 pub mod group;
 pub mod handlers;
+pub mod leak;
 mod panics;
 pub mod pipeline;
 mod queue;
@@ -91,6 +93,7 @@ pub use connection::IdleTimeouts;
 pub use error::{Error, Result};
 pub use event_loop::EventLoopGroup;
 pub use executor::{Executor, ExecutorBuilder};
+pub use frame::Frame;
 pub use group::{Broadcast, ChannelGroup};
 pub use pipeline::{
     ChannelEvent, Context, Event, Handler, IdleState, Pipeline, PipelineBuilder, PipelineCodec,
@@ -98,5 +101,5 @@ pub use pipeline::{
 pub use reconnect::{Backoff, Reconnecting};
 pub use server::{Server, ServerBuilder};
 pub use size::MessageSize;
-pub use stats::{global, ChannelStats, GlobalStats, MemoryKind, Meter};
-pub use tether::TetherKey;
+pub use stats::{global, ChannelStats, ConnectionInfo, GlobalStats, MemoryKind, Meter};
+pub use tether::{TetherKey, Tracked};

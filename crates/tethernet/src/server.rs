@@ -23,12 +23,12 @@ use crate::stats::global;
 /// Configures a [`Server`].
 ///
 /// ```no_run
-/// # use bytes::BytesMut;
+/// # use tethernet::Frame;
 /// # use tethernet::{codec::LengthFieldCodec, Context, Handler, Pipeline, Result, Server};
 /// # struct Echo;
-/// # impl Handler<BytesMut, BytesMut> for Echo {
-/// #     type Next = BytesMut;
-/// #     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> { ctx.write(f).await }
+/// # impl Handler<Frame, Frame> for Echo {
+/// #     type Next = Frame;
+/// #     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> { ctx.write(f).await }
 /// # }
 /// # async fn run() -> Result<()> {
 /// let server = Server::builder().io_threads(2).bind("127.0.0.1:7007").await?;

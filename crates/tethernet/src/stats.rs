@@ -1,50 +1,90 @@
-//! Live byte counters for one connection.
+//! Live byte counters, per connection and process-wide (G4, G6).
 //!
 //! Each connection owns a [`ChannelStats`]: one [`Meter`] per kind of memory the framework
-//! holds for it. Queues and buffers update their meter when they grow or shrink, so the
-//! figures are always current and cost one relaxed atomic add per change.
+//! holds for it. Queues and buffers update their meter when they grow or shrink, and every
+//! meter update also moves the process-wide total of its kind ([`GlobalStats::bytes`]), so
+//! totals are always current: reading them costs a few atomic loads, never a scan.
+//!
+//! Buffers are counted by what they *retain*, not by their length: a 40-byte
+//! [`Frame`](crate::Frame) cut from a 64 KiB read buffer keeps the whole 64 KiB
+//! allocation alive, and the connection is charged 64 KiB until the last frame cut from
+//! it is dropped.
+//!
+//! [`connections`] lists the live connections with their figures (a scan, for debugging
+//! endpoints such as "the ten connections holding the most memory").
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::channel::{ChannelId, ChannelShared};
 
 /// The kinds of memory the framework holds for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MemoryKind {
-    /// The socket read buffer, including a partial frame waiting for more bytes.
+    /// Socket read buffers: the one being read into, and older ones still pinned by
+    /// frames cut from them (counted at their full capacity), less [`MemoryKind::Decoder`].
     ReadBuffer,
+    /// Decoder cumulation: the bytes of a partial frame kept until the rest arrives.
+    Decoder,
     /// Messages queued for the connection's business executors, not yet handled.
     InboundQueue,
     /// Messages queued by other tasks for writing, not yet encoded.
     OutboundQueue,
-    /// Encoded bytes waiting for the socket to accept them.
+    /// Encoded bytes waiting for the socket to accept them (the write buffer's capacity).
     WriteBuffer,
+    /// Values tethered to or tracked for the connection ([`Channel::tether`],
+    /// [`Channel::track`]): their inline size.
+    ///
+    /// [`Channel::tether`]: crate::Channel::tether
+    /// [`Channel::track`]: crate::Channel::track
+    Tethered,
 }
 
 impl MemoryKind {
     /// Every kind, in a stable order.
-    pub const ALL: [MemoryKind; 4] = [
+    pub const ALL: [MemoryKind; 6] = [
         MemoryKind::ReadBuffer,
+        MemoryKind::Decoder,
         MemoryKind::InboundQueue,
         MemoryKind::OutboundQueue,
         MemoryKind::WriteBuffer,
+        MemoryKind::Tethered,
     ];
 
     /// A short snake_case name, as used in metrics labels.
     pub fn name(self) -> &'static str {
         match self {
             MemoryKind::ReadBuffer => "read_buffer",
+            MemoryKind::Decoder => "decoder",
             MemoryKind::InboundQueue => "inbound_queue",
             MemoryKind::OutboundQueue => "outbound_queue",
             MemoryKind::WriteBuffer => "write_buffer",
+            MemoryKind::Tethered => "tethered",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            MemoryKind::ReadBuffer => 0,
+            MemoryKind::Decoder => 1,
+            MemoryKind::InboundQueue => 2,
+            MemoryKind::OutboundQueue => 3,
+            MemoryKind::WriteBuffer => 4,
+            MemoryKind::Tethered => 5,
         }
     }
 }
 
-/// A live byte count and the highest value it has reached.
-#[derive(Debug, Default)]
+/// A live byte count of one kind for one connection, and the highest value it has
+/// reached. Every change also moves the process-wide total of its kind.
+#[derive(Debug)]
 pub struct Meter {
     current: AtomicUsize,
     peak: AtomicUsize,
+    kind: MemoryKind,
 }
 
 impl Meter {
@@ -58,17 +98,32 @@ impl Meter {
         self.peak.load(Ordering::Relaxed)
     }
 
+    /// The kind of memory this meter counts.
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+
+    fn new(kind: MemoryKind) -> Meter {
+        Meter {
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            kind,
+        }
+    }
+
     pub(crate) fn add(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
         let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
+        global().bytes(self.kind).add(bytes);
     }
 
     pub(crate) fn sub(&self, bytes: usize) {
         if bytes != 0 {
             self.current.fetch_sub(bytes, Ordering::Relaxed);
+            global().bytes(self.kind).sub(bytes);
         }
     }
 
@@ -83,26 +138,34 @@ impl Meter {
 }
 
 /// The live memory figures of one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChannelStats {
-    read_buffer: Meter,
-    inbound_queue: Meter,
-    outbound_queue: Meter,
-    write_buffer: Meter,
+    meters: [Meter; 6],
     messages_read: AtomicU64,
     messages_written: AtomicU64,
     dropped_messages: AtomicU64,
 }
 
+impl Default for ChannelStats {
+    fn default() -> Self {
+        ChannelStats {
+            meters: MemoryKind::ALL.map(Meter::new),
+            messages_read: AtomicU64::new(0),
+            messages_written: AtomicU64::new(0),
+            dropped_messages: AtomicU64::new(0),
+        }
+    }
+}
+
 impl ChannelStats {
     /// The meter for one kind of memory.
     pub fn meter(&self, kind: MemoryKind) -> &Meter {
-        match kind {
-            MemoryKind::ReadBuffer => &self.read_buffer,
-            MemoryKind::InboundQueue => &self.inbound_queue,
-            MemoryKind::OutboundQueue => &self.outbound_queue,
-            MemoryKind::WriteBuffer => &self.write_buffer,
-        }
+        &self.meters[kind.index()]
+    }
+
+    /// Bytes held now, by kind.
+    pub fn bytes_by_kind(&self) -> [(MemoryKind, usize); 6] {
+        MemoryKind::ALL.map(|kind| (kind, self.meter(kind).current()))
     }
 
     /// Total bytes held now, across kinds.
@@ -199,6 +262,26 @@ pub struct GlobalStats {
     pub owned_tasks: Gauge,
     /// Live values tethered to connections ([`Channel::tether`](crate::Channel::tether)).
     pub tethered_resources: Gauge,
+    /// Leak reports made ([`crate::leak`]): values still alive a grace period after
+    /// their connection closed.
+    pub leaks: Counter,
+    /// Times a handler kept an I/O thread busy past the blocking threshold
+    /// ([`crate::blocking`]).
+    pub blocked_io: Counter,
+    bytes: [Gauge; 6],
+}
+
+impl GlobalStats {
+    /// Bytes of one kind held for all connections of the process (including memory
+    /// still pinned by connections that have closed: that is what a leak looks like).
+    pub fn bytes(&self, kind: MemoryKind) -> &Gauge {
+        &self.bytes[kind.index()]
+    }
+
+    /// Bytes of every kind, summed.
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.iter().map(Gauge::get).sum()
+    }
 }
 
 static GLOBAL: std::sync::OnceLock<GlobalStats> = std::sync::OnceLock::new();
@@ -206,4 +289,82 @@ static GLOBAL: std::sync::OnceLock<GlobalStats> = std::sync::OnceLock::new();
 /// The process-wide totals.
 pub fn global() -> &'static GlobalStats {
     GLOBAL.get_or_init(GlobalStats::default)
+}
+
+/// What a live connection holds, as listed by [`connections`].
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The connection's id.
+    pub id: ChannelId,
+    /// The remote address.
+    pub peer: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+    /// Time since the connection opened.
+    pub age: Duration,
+    /// Bytes held now, by kind.
+    pub bytes: [(MemoryKind, usize); 6],
+    /// Bytes held now, all kinds.
+    pub total_bytes: usize,
+    /// Live tasks the connection owns.
+    pub owned_tasks: usize,
+    /// Live values tethered to or tracked for the connection.
+    pub tethered_resources: usize,
+    /// Frames decoded so far.
+    pub messages_read: u64,
+    /// Messages encoded so far.
+    pub messages_written: u64,
+}
+
+const SHARDS: usize = 16;
+
+/// The live connections of the process, sharded to keep opening and closing cheap under
+/// churn. Entries are weak: the registry never keeps a connection alive.
+struct Live {
+    shards: [Mutex<std::collections::HashMap<u64, Weak<ChannelShared>>>; SHARDS],
+}
+
+fn live() -> &'static Live {
+    static LIVE: std::sync::OnceLock<Live> = std::sync::OnceLock::new();
+    LIVE.get_or_init(|| Live {
+        shards: std::array::from_fn(|_| Mutex::new(Default::default())),
+    })
+}
+
+fn shard(
+    id: ChannelId,
+) -> std::sync::MutexGuard<'static, std::collections::HashMap<u64, Weak<ChannelShared>>> {
+    live().shards[id.as_u64() as usize % SHARDS]
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn register(shared: &Arc<ChannelShared>) {
+    global().connections.add(1);
+    shard(shared.id).insert(shared.id.as_u64(), Arc::downgrade(shared));
+}
+
+pub(crate) fn unregister(shared: &ChannelShared) {
+    shard(shared.id).remove(&shared.id.as_u64());
+    global().connections.sub(1);
+}
+
+/// The live connections, holding the most bytes first; at most `limit` of them.
+///
+/// A scan of every connection: meant for debugging endpoints, not for metrics scrapes
+/// (process-wide totals are in [`global`]).
+pub fn connections(limit: usize) -> Vec<ConnectionInfo> {
+    let mut all = Vec::new();
+    for shard in &live().shards {
+        let entries: Vec<Arc<ChannelShared>> = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        all.extend(entries.iter().map(|shared| shared.info()));
+    }
+    all.sort_by(|a, b| b.total_bytes.cmp(&a.total_bytes).then(a.id.cmp(&b.id)));
+    all.truncate(limit);
+    all
 }

@@ -9,19 +9,27 @@
 //!
 //! Every task and resource records where it was created (`#[track_caller]`) and is
 //! counted, per connection and process-wide ([`GlobalStats`](crate::stats::GlobalStats)).
+//!
+//! A value the application keeps itself but that belongs to a connection (a session
+//! object kept in a map by user id, say) can be [`Channel::track`](crate::Channel::track)ed
+//! instead: the connection does not hold it, but leak detection ([`crate::leak`]) reports
+//! it if it is still alive after the connection closed.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Result};
-use crate::stats::global;
+use crate::leak::{LeakKind, Record};
+use crate::stats::{global, ChannelStats, MemoryKind};
 
 /// Identifies a tethered value or an owned task of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,25 +38,33 @@ pub struct TetherKey(u64);
 /// A value held for a connection until it closes (or is untethered).
 struct Resource {
     _value: Box<dyn Any + Send>,
-    #[allow(dead_code)] // read by leak reports (issue "memory you can see")
-    created_at: &'static Location<'static>,
+    /// Charged to the connection's [`MemoryKind::Tethered`] meter.
+    bytes: usize,
 }
 
 struct OwnedTask {
     /// `None` between spawning and recording the handle.
     abort: Option<AbortHandle>,
-    #[allow(dead_code)] // read by leak reports (issue "memory you can see")
     created_at: &'static Location<'static>,
+    created: Instant,
 }
 
 #[derive(Default)]
 struct State {
     closed: bool,
     next_key: u64,
+    /// Live owned tasks; an entry goes when its task is dropped, so entries left after
+    /// the connection closed are tasks that did not stop.
     tasks: HashMap<u64, OwnedTask>,
     resources: HashMap<u64, Resource>,
     on_close: HashMap<u64, Box<dyn FnOnce() + Send>>,
+    /// Frames and tracked values alive, for leak reports.
+    tracked: HashMap<u64, Record>,
 }
+
+/// Most live records (frames and tracked values) kept per connection; past it, new ones
+/// are not recorded (a connection with this many live frames is reported anyway).
+const MAX_TRACKED: usize = 65_536;
 
 /// Everything one connection owns besides its buffers and queues.
 pub(crate) struct Tether {
@@ -60,18 +76,20 @@ pub(crate) struct Tether {
     /// Caps the live owned tasks, and separately the tethered values, of one connection
     /// (G3: nothing a connection holds grows without bound).
     max_tasks: usize,
+    stats: Arc<ChannelStats>,
 }
 
 /// Default cap of live owned tasks per connection.
 pub(crate) const DEFAULT_MAX_OWNED_TASKS: usize = 1024;
 
 impl Tether {
-    pub(crate) fn new(max_tasks: usize) -> Arc<Tether> {
+    pub(crate) fn new(max_tasks: usize, stats: Arc<ChannelStats>) -> Arc<Tether> {
         Arc::new(Tether {
             state: Mutex::new(State::default()),
             live_tasks: AtomicUsize::new(0),
             tasks_gone: Notify::new(),
             max_tasks,
+            stats,
         })
     }
 
@@ -109,6 +127,7 @@ impl Tether {
                 OwnedTask {
                     abort: None,
                     created_at,
+                    created: Instant::now(),
                 },
             );
             // Counted under the lock: a close racing with this spawn must see the task
@@ -155,14 +174,18 @@ impl Tether {
         }
         let key = state.next_key;
         state.next_key += 1;
+        let bytes = std::mem::size_of::<T>();
         state.resources.insert(
             key,
             Resource {
                 _value: Box::new(value),
-                created_at,
+                bytes,
             },
         );
+        drop(state);
+        tracing::trace!(%created_at, bytes, "value tethered");
         global().tethered_resources.add(1);
+        self.stats.meter(MemoryKind::Tethered).add(bytes);
         Ok(TetherKey(key))
     }
 
@@ -172,11 +195,68 @@ impl Tether {
         match removed {
             Some(resource) => {
                 global().tethered_resources.sub(1);
+                self.stats.meter(MemoryKind::Tethered).sub(resource.bytes);
                 drop(resource);
                 true
             }
             None => false,
         }
+    }
+
+    /// Records something alive that belongs to the connection (a frame, a tracked value),
+    /// for leak reports; `None` past the per-connection cap of records.
+    pub(crate) fn track(
+        &self,
+        kind: LeakKind,
+        bytes: usize,
+        retained: usize,
+        created_at: &'static Location<'static>,
+        type_name: &'static str,
+    ) -> Option<u64> {
+        let mut state = self.lock();
+        if state.tracked.len() >= MAX_TRACKED {
+            return None;
+        }
+        let key = state.next_key;
+        state.next_key += 1;
+        state.tracked.insert(
+            key,
+            Record {
+                kind,
+                type_name,
+                bytes,
+                retained,
+                created_at,
+                created: Instant::now(),
+            },
+        );
+        Some(key)
+    }
+
+    /// Forgets a record made by [`Tether::track`] (its value was dropped).
+    pub(crate) fn untrack(&self, key: u64) {
+        self.lock().tracked.remove(&key);
+    }
+
+    /// Whether anything recorded for leak reports is alive.
+    pub(crate) fn has_live_records(&self) -> bool {
+        let state = self.lock();
+        !state.tasks.is_empty() || !state.tracked.is_empty()
+    }
+
+    /// Everything recorded for leak reports that is still alive: owned tasks, frames and
+    /// tracked values.
+    pub(crate) fn live_records(&self) -> Vec<Record> {
+        let state = self.lock();
+        let tasks = state.tasks.values().map(|task| Record {
+            kind: LeakKind::Task,
+            type_name: "task",
+            bytes: 0,
+            retained: 0,
+            created_at: task.created_at,
+            created: task.created,
+        });
+        tasks.chain(state.tracked.values().cloned()).collect()
     }
 
     /// Cancels an owned task; false if it had already finished.
@@ -212,12 +292,17 @@ impl Tether {
         drop(removed);
     }
 
-    /// Live owned tasks and tethered values of this connection.
+    /// Live owned tasks, and tethered plus tracked values, of this connection.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let state = self.lock();
+        let tracked = state
+            .tracked
+            .values()
+            .filter(|record| record.kind == LeakKind::Tracked)
+            .count();
         (
             self.live_tasks.load(Ordering::Acquire),
-            state.resources.len(),
+            state.resources.len() + tracked,
         )
     }
 
@@ -230,18 +315,25 @@ impl Tether {
                 return;
             }
             state.closed = true;
+            // Task entries stay until each task is dropped: one that outlives the close
+            // is reported as a leak.
+            let tasks: Vec<AbortHandle> = state
+                .tasks
+                .values()
+                .filter_map(|task| task.abort.clone())
+                .collect();
             (
-                std::mem::take(&mut state.tasks),
+                tasks,
                 std::mem::take(&mut state.resources),
                 std::mem::take(&mut state.on_close),
             )
         };
-        for task in tasks.values() {
-            if let Some(abort) = &task.abort {
-                abort.abort();
-            }
+        for task in &tasks {
+            task.abort();
         }
         global().tethered_resources.sub(resources.len());
+        let bytes: usize = resources.values().map(|resource| resource.bytes).sum();
+        self.stats.meter(MemoryKind::Tethered).sub(bytes);
         // Values and hooks run outside the lock: they may do anything.
         drop(resources);
         for hook in hooks.into_values() {
@@ -277,5 +369,86 @@ impl Drop for TaskGuard {
         if self.tether.live_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tether.tasks_gone.notify_waiters();
         }
+    }
+}
+
+/// A value the application holds that belongs to a connection: counted against it
+/// ([`MemoryKind::Tethered`], by its inline size) and reported by leak detection if it
+/// is still alive a grace period after the connection closed. Made by
+/// [`Channel::track`](crate::Channel::track); reads as the value (`Deref`).
+///
+/// [`Tracked::into_inner`] takes the value out deliberately, ending the tracking.
+pub struct Tracked<T> {
+    value: Option<T>,
+    tether: Arc<Tether>,
+    key: Option<u64>,
+}
+
+impl<T> Tracked<T> {
+    #[track_caller]
+    pub(crate) fn new(tether: &Arc<Tether>, value: T) -> Result<Tracked<T>> {
+        if tether.lock().closed {
+            return Err(Error::Closed);
+        }
+        let key = tether.track(
+            LeakKind::Tracked,
+            std::mem::size_of::<T>(),
+            std::mem::size_of::<T>(),
+            Location::caller(),
+            std::any::type_name::<T>(),
+        );
+        tether
+            .stats
+            .meter(MemoryKind::Tethered)
+            .add(std::mem::size_of::<T>());
+        global().tethered_resources.add(1);
+        Ok(Tracked {
+            value: Some(value),
+            tether: tether.clone(),
+            key,
+        })
+    }
+
+    /// Takes the value out: it no longer belongs to the connection.
+    pub fn into_inner(mut self) -> T {
+        self.value
+            .take()
+            .expect("a tracked value is present until dropped")
+    }
+}
+
+impl<T> Drop for Tracked<T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.tether.untrack(key);
+        }
+        self.tether
+            .stats
+            .meter(MemoryKind::Tethered)
+            .sub(std::mem::size_of::<T>());
+        global().tethered_resources.sub(1);
+    }
+}
+
+impl<T> Deref for Tracked<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("a tracked value is present until dropped")
+    }
+}
+
+impl<T> DerefMut for Tracked<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.value
+            .as_mut()
+            .expect("a tracked value is present until dropped")
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Tracked<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Tracked").field(&self.value).finish()
     }
 }

@@ -60,7 +60,7 @@ use crate::pipeline::context::{DirectSink, Io};
 use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::queue::ByteReceiver;
 use crate::size::MessageSize;
-use crate::stats::{global, ChannelStats, MemoryKind};
+use crate::stats::{ChannelStats, MemoryKind};
 
 /// A message and the peer it came from or goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,8 +289,7 @@ async fn run<C, S, W>(
     W: MessageSize + Send + 'static,
     C: Clone + Send + 'static,
 {
-    global().connections.add(1);
-    let _closed = ClosedGuard(&channel.shared);
+    let _closed = ClosedGuard::new(&channel.shared);
     let Pipeline {
         codec, mut stages, ..
     } = pipeline;

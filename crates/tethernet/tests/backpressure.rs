@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{eventually, frame, numbered, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{Channel, Context, Executor, Handler, MemoryKind, Pipeline, Result, Server};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
@@ -24,22 +24,18 @@ const TOTAL_FRAMES: u32 = 8 * 1024; // 8 MiB in all
 struct Gated {
     gate: Arc<Semaphore>,
     handled: Arc<AtomicU32>,
-    channel: Arc<Mutex<Option<Channel<BytesMut>>>>,
+    channel: Arc<Mutex<Option<Channel<Frame>>>>,
 }
 
-impl Handler<BytesMut, BytesMut> for Gated {
-    type Next = BytesMut;
+impl Handler<Frame, Frame> for Gated {
+    type Next = Frame;
 
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {
         *self.channel.lock().unwrap() = Some(ctx.channel().clone());
         Ok(())
     }
 
-    async fn read(
-        &mut self,
-        _ctx: &mut Context<'_, BytesMut, BytesMut>,
-        f: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, _ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         self.gate.acquire().await.expect("gate closed").forget();
         let seq = u32::from_be_bytes(f[4..8].try_into().unwrap());
         let expected = self.handled.load(Ordering::SeqCst);

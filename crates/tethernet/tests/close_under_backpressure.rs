@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{Channel, Context, Executor, Handler, Pipeline, Result, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,22 +18,18 @@ use tokio::net::{TcpSocket, TcpStream};
 /// On any frame, writes 1 KB messages until the connection refuses them.
 struct Flood {
     wrote: Arc<AtomicU32>,
-    channel: Arc<Mutex<Option<Channel<BytesMut>>>>,
+    channel: Arc<Mutex<Option<Channel<Frame>>>>,
 }
 
-impl Handler<BytesMut, BytesMut> for Flood {
-    type Next = BytesMut;
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+impl Handler<Frame, Frame> for Flood {
+    type Next = Frame;
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {
         *self.channel.lock().unwrap() = Some(ctx.channel().clone());
         Ok(())
     }
-    async fn read(
-        &mut self,
-        ctx: &mut Context<'_, BytesMut, BytesMut>,
-        _f: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, _f: Frame) -> Result<()> {
         for _ in 0..100_000u32 {
-            ctx.write(BytesMut::from(&[7u8; 1000][..])).await?;
+            ctx.write(Frame::from(&[7u8; 1000][..])).await?;
             self.wrote.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
@@ -54,8 +50,8 @@ fn tight_server() -> tethernet::ServerBuilder {
 async fn flood_until_stuck(
     addr: std::net::SocketAddr,
     wrote: &AtomicU32,
-    channel: &Mutex<Option<Channel<BytesMut>>>,
-) -> (TcpStream, Channel<BytesMut>) {
+    channel: &Mutex<Option<Channel<Frame>>>,
+) -> (TcpStream, Channel<Frame>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();

@@ -61,7 +61,7 @@ fn decode_whole<D: Decoder>(codec: &mut D, input: &[u8]) -> Result<Vec<D::Item>,
     decode_chunked(codec, input, &[])
 }
 
-fn frames(items: &[BytesMut]) -> Vec<Vec<u8>> {
+fn frames(items: &[tethernet::Frame]) -> Vec<Vec<u8>> {
     items.iter().map(|item| item.to_vec()).collect()
 }
 
@@ -1020,12 +1020,12 @@ proptest! {
         chunks in chunk_sizes(),
     ) {
         let max = codec.max_frame_length();
-        feed_garbage(&mut codec, &input, &chunks, |f: &BytesMut| f.len(), max);
+        feed_garbage(&mut codec, &input, &chunks, |f: &tethernet::Frame| f.len(), max);
     }
 
     #[test]
     fn prop_varint_survives_garbage(max in 0usize..300, input in garbage(), chunks in chunk_sizes()) {
-        feed_garbage(&mut VarintLengthCodec::new(max), &input, &chunks, |f: &BytesMut| f.len(), max);
+        feed_garbage(&mut VarintLengthCodec::new(max), &input, &chunks, |f: &tethernet::Frame| f.len(), max);
     }
 
     #[test]
@@ -1041,13 +1041,13 @@ proptest! {
         chunks in chunk_sizes(),
     ) {
         let mut codec = DelimiterCodec::new(&delimiter, max);
-        feed_garbage(&mut codec, &input, &chunks, |f: &BytesMut| f.len(), max);
+        feed_garbage(&mut codec, &input, &chunks, |f: &tethernet::Frame| f.len(), max);
     }
 
     #[test]
     fn prop_fixed_length_survives_garbage(length in 1usize..64, input in garbage(), chunks in chunk_sizes()) {
         let mut codec = FixedLengthCodec::new(length);
-        feed_garbage(&mut codec, &input, &chunks, |f: &BytesMut| f.len(), length);
+        feed_garbage(&mut codec, &input, &chunks, |f: &tethernet::Frame| f.len(), length);
     }
 
     #[test]

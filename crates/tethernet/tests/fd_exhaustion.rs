@@ -6,18 +6,18 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{eventually, frame, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{global, Context, Handler, Pipeline, Result, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 struct Echo;
 
-impl Handler<BytesMut, BytesMut> for Echo {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Echo {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         ctx.write(f).await
     }
 }

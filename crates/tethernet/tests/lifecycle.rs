@@ -5,10 +5,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
 use common::{default_server, frame, read_frame, start};
 use tethernet::codec::{CodecError, LengthFieldCodec};
 use tethernet::pipeline::Stage;
+use tethernet::Frame;
 use tethernet::{Channel, Context, Error, Handler, MemoryKind, Pipeline, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -16,21 +16,21 @@ use tokio::sync::mpsc;
 
 /// Echoes, hands its channel to the test, reports errors, and fails on the frame "boom".
 struct Probe {
-    channels: mpsc::Sender<Channel<BytesMut>>,
+    channels: mpsc::Sender<Channel<Frame>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
-impl Handler<BytesMut, BytesMut> for Probe {
-    type Next = BytesMut;
+impl Handler<Frame, Frame> for Probe {
+    type Next = Frame;
 
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {
         self.channels
             .send(ctx.channel().clone())
             .await
             .map_err(Error::other)
     }
 
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         if &f[..] == b"boom" {
             return Err(Error::other("the handler failed on purpose"));
         }
@@ -40,11 +40,7 @@ impl Handler<BytesMut, BytesMut> for Probe {
         ctx.write(f).await
     }
 
-    async fn error(
-        &mut self,
-        _ctx: &mut Context<'_, BytesMut, BytesMut>,
-        error: &Error,
-    ) -> Result<()> {
+    async fn error(&mut self, _ctx: &mut Context<'_, Frame, Frame>, error: &Error) -> Result<()> {
         let description = match error.codec_error::<CodecError>() {
             Some(codec) if codec.is_frame_too_long() => "frame too long".to_owned(),
             _ => error.to_string(),
@@ -56,9 +52,9 @@ impl Handler<BytesMut, BytesMut> for Probe {
 
 /// A pipeline-making function names its stages with `impl Stage`.
 fn probe_pipeline(
-    channels: &mpsc::Sender<Channel<BytesMut>>,
+    channels: &mpsc::Sender<Channel<Frame>>,
     errors: &Arc<Mutex<Vec<String>>>,
-) -> Pipeline<LengthFieldCodec, impl Stage<BytesMut, BytesMut>, BytesMut> {
+) -> Pipeline<LengthFieldCodec, impl Stage<Frame, Frame>, Frame> {
     Pipeline::builder(LengthFieldCodec::new(1024))
         .handler(Probe {
             channels: channels.clone(),
@@ -73,7 +69,7 @@ struct TwoClients {
     errors: Arc<Mutex<Vec<String>>>,
     good: TcpStream,
     other: TcpStream,
-    other_channel: Channel<BytesMut>,
+    other_channel: Channel<Frame>,
 }
 
 async fn two_clients() -> TwoClients {
@@ -120,7 +116,7 @@ async fn writes_from_another_task_arrive_in_order() {
     let writer = tokio::spawn(async move {
         for i in 0u32..2000 {
             channel
-                .write(BytesMut::from(&i.to_be_bytes()[..]))
+                .write(Frame::from(&i.to_be_bytes()[..]))
                 .await
                 .unwrap();
         }
@@ -139,7 +135,7 @@ async fn writes_from_another_task_arrive_in_order() {
     assert!(read_frame(&mut client).await.is_none());
     assert_eq!(channel.stats().total_bytes(), 0);
     assert!(channel
-        .write(BytesMut::from(&b"late"[..]))
+        .write(Frame::from(&b"late"[..]))
         .await
         .unwrap_err()
         .is_closed());
@@ -235,12 +231,12 @@ async fn handler_panic_closes_only_that_connection() {
 /// Echoes with tokio-util's own codec: any `Decoder + Encoder` plugs in unchanged.
 struct EchoBytes;
 
-impl Handler<BytesMut, bytes::Bytes> for EchoBytes {
-    type Next = BytesMut;
+impl Handler<bytes::BytesMut, bytes::Bytes> for EchoBytes {
+    type Next = bytes::BytesMut;
     async fn read(
         &mut self,
-        ctx: &mut Context<'_, BytesMut, bytes::Bytes>,
-        f: BytesMut,
+        ctx: &mut Context<'_, bytes::BytesMut, bytes::Bytes>,
+        f: bytes::BytesMut,
     ) -> Result<()> {
         ctx.write(f.freeze()).await
     }

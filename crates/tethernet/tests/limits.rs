@@ -4,9 +4,9 @@
 
 mod common;
 
-use bytes::BytesMut;
 use common::{default_server, frame, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{global, Channel, Context, Handler, Pipeline, Result, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 
 struct Echo;
 
-impl Handler<BytesMut, BytesMut> for Echo {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Echo {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         ctx.write(f).await
     }
 }
@@ -94,21 +94,17 @@ async fn owned_tasks_and_tethered_values_are_capped_per_connection() {
 }
 
 /// Hands each connection's channel to the test.
-struct Capture(mpsc::Sender<Channel<BytesMut>>);
+struct Capture(mpsc::Sender<Channel<Frame>>);
 
-impl Handler<BytesMut, BytesMut> for Capture {
-    type Next = BytesMut;
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+impl Handler<Frame, Frame> for Capture {
+    type Next = Frame;
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {
         self.0
             .send(ctx.channel().clone())
             .await
             .map_err(tethernet::Error::other)
     }
-    async fn read(
-        &mut self,
-        _ctx: &mut Context<'_, BytesMut, BytesMut>,
-        _f: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, _ctx: &mut Context<'_, Frame, Frame>, _f: Frame) -> Result<()> {
         Ok(())
     }
 }

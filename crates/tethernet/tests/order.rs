@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{default_server, frame, numbered, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
 use tethernet::pipeline::Stage;
+use tethernet::Frame;
 use tethernet::{Context, Executor, Handler, Pipeline, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -18,9 +18,9 @@ const FRAMES: u32 = 1500;
 
 struct Echo;
 
-impl Handler<BytesMut, BytesMut> for Echo {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Echo {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         ctx.write(f).await
     }
 }
@@ -31,9 +31,9 @@ struct Jitter {
     blocking: bool,
 }
 
-impl Handler<BytesMut, BytesMut> for Jitter {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Jitter {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         let wait = Duration::from_micros(fastrand::u64(0..self.max_us));
         if self.blocking {
             std::thread::sleep(wait);
@@ -53,9 +53,9 @@ struct AssertSequence {
     next: Option<u32>,
 }
 
-impl Handler<BytesMut, BytesMut> for AssertSequence {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for AssertSequence {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         let seq = u32::from_be_bytes(f[4..8].try_into().unwrap());
         if let Some(expected) = self.next {
             if seq != expected {
@@ -120,7 +120,7 @@ async fn run_clients(addr: std::net::SocketAddr) {
 fn through_executor(
     executor: &Executor,
     max_us: u64,
-) -> Pipeline<LengthFieldCodec, impl Stage<BytesMut, BytesMut>, BytesMut> {
+) -> Pipeline<LengthFieldCodec, impl Stage<Frame, Frame>, Frame> {
     let blocking = executor.is_blocking();
     Pipeline::builder(LengthFieldCodec::new(1024))
         .on(executor, Jitter { max_us, blocking })

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{default_server, eventually, frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{global, Channel, Context, Handler, Pipeline, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -30,13 +30,13 @@ impl Drop for Resource {
 /// holding a resource) and two tethered resources. Panics on the frame "panic".
 struct Owner {
     dropped: Arc<AtomicUsize>,
-    channels: mpsc::Sender<Channel<BytesMut>>,
+    channels: mpsc::Sender<Channel<Frame>>,
 }
 
-impl Handler<BytesMut, BytesMut> for Owner {
-    type Next = BytesMut;
+impl Handler<Frame, Frame> for Owner {
+    type Next = Frame;
 
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>) -> Result<()> {
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {
         let held = Resource(self.dropped.clone());
         ctx.spawn(async move {
             let _held = held;
@@ -57,11 +57,7 @@ impl Handler<BytesMut, BytesMut> for Owner {
             .map_err(tethernet::Error::other)
     }
 
-    async fn read(
-        &mut self,
-        _ctx: &mut Context<'_, BytesMut, BytesMut>,
-        f: BytesMut,
-    ) -> Result<()> {
+    async fn read(&mut self, _ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         if &f[..] == b"panic" {
             panic!("the handler panicked on purpose");
         }
@@ -74,7 +70,7 @@ const OWNED: usize = 4;
 
 async fn assert_all_released(
     what: &str,
-    channel: &Channel<BytesMut>,
+    channel: &Channel<Frame>,
     dropped: &AtomicUsize,
     before: usize,
 ) {

@@ -4,31 +4,27 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{start, start_at};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{Backoff, Client, Context, Handler, Pipeline, Result, Server};
 use tokio::sync::mpsc;
 
 struct Echo;
 
-impl Handler<BytesMut, BytesMut> for Echo {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Echo {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         ctx.write(f).await
     }
 }
 
 /// Client side: hands replies to the test.
-struct Collect(mpsc::Sender<BytesMut>);
+struct Collect(mpsc::Sender<Frame>);
 
-impl Handler<BytesMut, BytesMut> for Collect {
-    type Next = BytesMut;
-    async fn read(
-        &mut self,
-        _ctx: &mut Context<'_, BytesMut, BytesMut>,
-        f: BytesMut,
-    ) -> Result<()> {
+impl Handler<Frame, Frame> for Collect {
+    type Next = Frame;
+    async fn read(&mut self, _ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         self.0.send(f).await.map_err(tethernet::Error::other)
     }
 }
@@ -64,7 +60,7 @@ async fn reconnects_after_the_server_restarts() {
         backoff,
     );
     let channel = link.connected().await;
-    channel.write(BytesMut::from(&b"one"[..])).await.unwrap();
+    channel.write(Frame::from(&b"one"[..])).await.unwrap();
     assert_eq!(&replies.recv().await.unwrap()[..], b"one");
 
     // The server goes away: the client notices and keeps trying.
@@ -82,7 +78,7 @@ async fn reconnects_after_the_server_restarts() {
     let channel = tokio::time::timeout(Duration::from_secs(10), link.connected())
         .await
         .expect("reconnected");
-    channel.write(BytesMut::from(&b"two"[..])).await.unwrap();
+    channel.write(Frame::from(&b"two"[..])).await.unwrap();
     assert_eq!(&replies.recv().await.unwrap()[..], b"two");
     assert!(link.attempts() > attempts_before);
     drop(link);

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::{default_server, frame, read_frame, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{global, ChannelEvent, Context, Event, Executor, Handler, Pipeline, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -16,19 +16,19 @@ use tokio::net::TcpStream;
 /// On the I/O thread: says goodbye when the server shuts down; passes frames on.
 struct Goodbye;
 
-impl Handler<BytesMut, BytesMut> for Goodbye {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for Goodbye {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         ctx.fire_read(f);
         Ok(())
     }
     async fn user_event(
         &mut self,
-        ctx: &mut Context<'_, BytesMut, BytesMut>,
+        ctx: &mut Context<'_, Frame, Frame>,
         event: &Event,
     ) -> Result<()> {
         if event.channel_event() == Some(ChannelEvent::ShutdownRequested) {
-            ctx.write(BytesMut::from(&b"BYE"[..])).await?;
+            ctx.write(Frame::from(&b"BYE"[..])).await?;
         }
         Ok(())
     }
@@ -37,20 +37,20 @@ impl Handler<BytesMut, BytesMut> for Goodbye {
 /// On an executor: slow business work, then the echo; says its own goodbye too.
 struct SlowEcho;
 
-impl Handler<BytesMut, BytesMut> for SlowEcho {
-    type Next = BytesMut;
-    async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, f: BytesMut) -> Result<()> {
+impl Handler<Frame, Frame> for SlowEcho {
+    type Next = Frame;
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         ctx.spawn(async { std::future::pending::<()>().await })?;
         ctx.write(f).await
     }
     async fn user_event(
         &mut self,
-        ctx: &mut Context<'_, BytesMut, BytesMut>,
+        ctx: &mut Context<'_, Frame, Frame>,
         event: &Event,
     ) -> Result<()> {
         if event.channel_event() == Some(ChannelEvent::ShutdownRequested) {
-            ctx.write(BytesMut::from(&b"BYE FROM THE EXECUTOR"[..]))
+            ctx.write(Frame::from(&b"BYE FROM THE EXECUTOR"[..]))
                 .await?;
         }
         Ok(())

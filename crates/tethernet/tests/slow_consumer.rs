@@ -8,9 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{eventually, start};
 use tethernet::codec::LengthFieldCodec;
+use tethernet::Frame;
 use tethernet::{
     Channel, ChannelEvent, ChannelGroup, Context, Event, Handler, MemoryKind, Overflow, Pipeline,
     Result, Server,
@@ -30,23 +31,23 @@ struct Member {
     writability: Arc<Mutex<Vec<bool>>>,
 }
 
-impl Handler<BytesMut, Bytes> for Member {
-    type Next = BytesMut;
+impl Handler<Frame, Bytes> for Member {
+    type Next = Frame;
 
-    async fn active(&mut self, ctx: &mut Context<'_, BytesMut, Bytes>) -> Result<()> {
+    async fn active(&mut self, ctx: &mut Context<'_, Frame, Bytes>) -> Result<()> {
         // Recorded before joining: the test waits on the group's size, then reads this.
         self.joined.lock().unwrap().push(ctx.channel().clone());
         self.group.add(ctx.channel());
         Ok(())
     }
 
-    async fn read(&mut self, _ctx: &mut Context<'_, BytesMut, Bytes>, _f: BytesMut) -> Result<()> {
+    async fn read(&mut self, _ctx: &mut Context<'_, Frame, Bytes>, _f: Frame) -> Result<()> {
         Ok(())
     }
 
     async fn user_event(
         &mut self,
-        _ctx: &mut Context<'_, BytesMut, Bytes>,
+        _ctx: &mut Context<'_, Frame, Bytes>,
         event: &Event,
     ) -> Result<()> {
         if let Some(ChannelEvent::WritabilityChanged { writable }) = event.channel_event() {

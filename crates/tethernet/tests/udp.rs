@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tethernet::codec::{LengthFieldCodec, LineCodec};
 use tethernet::udp::{Datagram, DatagramCodec, UdpEndpoint};
+use tethernet::Frame;
 use tethernet::{Context, Handler, Pipeline, Result};
 use tokio::net::UdpSocket;
 
@@ -78,12 +78,12 @@ async fn replies_go_back_to_each_peer_and_other_tasks_can_write() {
 /// Echoes length-prefixed frames.
 struct EchoFrames;
 
-impl Handler<Datagram<BytesMut>, Datagram<BytesMut>> for EchoFrames {
-    type Next = Datagram<BytesMut>;
+impl Handler<Datagram<Frame>, Datagram<Frame>> for EchoFrames {
+    type Next = Datagram<Frame>;
     async fn read(
         &mut self,
-        ctx: &mut Context<'_, Datagram<BytesMut>, Datagram<BytesMut>>,
-        d: Datagram<BytesMut>,
+        ctx: &mut Context<'_, Datagram<Frame>, Datagram<Frame>>,
+        d: Datagram<Frame>,
     ) -> Result<()> {
         ctx.write(d).await
     }

@@ -1,5 +1,6 @@
 //! Delimiter-terminated frames: Netty's `DelimiterBasedFrameDecoder`.
 
+use crate::Frame;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -121,10 +122,10 @@ impl DelimiterCodec {
 }
 
 impl Decoder for DelimiterCodec {
-    type Item = BytesMut;
+    type Item = Frame;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let delimiter_length = self.delimiter.len();
         // A delimiter must start at or before index max to be acceptable.
         let search_end = src
@@ -133,7 +134,7 @@ impl Decoder for DelimiterCodec {
         let start = self.next_index.min(search_end);
         if let Some(position) = self.find(&src[..search_end], start) {
             self.next_index = 0;
-            let frame = src.split_to(position);
+            let frame = Frame::split_from(src, position);
             src.advance(delimiter_length);
             return Ok(Some(frame));
         }
@@ -148,7 +149,7 @@ impl Decoder for DelimiterCodec {
         Ok(None)
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
@@ -159,7 +160,7 @@ impl Decoder for DelimiterCodec {
             }
             None => {
                 self.next_index = 0;
-                Ok(Some(src.split()))
+                Ok(Some(Frame::split_from(src, src.len())))
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Fixed-size frames: Netty's `FixedLengthFrameDecoder`.
 
+use crate::Frame;
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -38,19 +39,19 @@ impl FixedLengthCodec {
 }
 
 impl Decoder for FixedLengthCodec {
-    type Item = BytesMut;
+    type Item = Frame;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         if src.len() < self.frame_length {
             // Make room for exactly the rest of this frame.
             src.reserve(self.frame_length - src.len());
             return Ok(None);
         }
-        Ok(Some(src.split_to(self.frame_length)))
+        Ok(Some(Frame::split_from(src, self.frame_length)))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),

@@ -101,7 +101,8 @@ impl<T, C: Clone> Clone for JsonCodec<T, C> {
 impl<T, C> Decoder for JsonCodec<T, C>
 where
     T: DeserializeOwned,
-    C: Decoder<Item = BytesMut>,
+    C: Decoder,
+    C::Item: AsRef<[u8]>,
     C::Error: Into<CodecError>,
 {
     type Item = T;
@@ -109,7 +110,7 @@ where
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, CodecError> {
         match self.inner.decode(src).map_err(Into::into)? {
-            Some(frame) => serde_json::from_slice(&frame)
+            Some(frame) => serde_json::from_slice(frame.as_ref())
                 .map(Some)
                 .map_err(CodecError::Json),
             None => Ok(None),
@@ -118,7 +119,7 @@ where
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<T>, CodecError> {
         match self.inner.decode_eof(src).map_err(Into::into)? {
-            Some(frame) => serde_json::from_slice(&frame)
+            Some(frame) => serde_json::from_slice(frame.as_ref())
                 .map(Some)
                 .map_err(CodecError::Json),
             None => Ok(None),

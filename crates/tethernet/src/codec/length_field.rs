@@ -1,6 +1,7 @@
 //! Frames carrying a length field: Netty's `LengthFieldBasedFrameDecoder` and
 //! `LengthFieldPrepender`.
 
+use crate::Frame;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -128,7 +129,7 @@ impl LengthFieldCodec {
     }
 
     /// [`Decoder::decode`] for the plain prefix shape, when no frame length is pending.
-    fn decode_plain_prefix(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_plain_prefix(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let Some(header) = src.get(..4) else {
             return Ok(None);
         };
@@ -145,7 +146,7 @@ impl LengthFieldCodec {
             return Ok(None);
         }
         src.advance(4);
-        Ok(Some(src.split_to(frame_length - 4)))
+        Ok(Some(Frame::split_from(src, frame_length - 4)))
     }
 
     /// Offset of the end of the length field from the start of the frame.
@@ -297,10 +298,10 @@ impl LengthFieldCodecBuilder {
 }
 
 impl Decoder for LengthFieldCodec {
-    type Item = BytesMut;
+    type Item = Frame;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         if self.is_plain_prefix() && self.pending_frame_length.is_none() {
             return self.decode_plain_prefix(src);
         }
@@ -321,12 +322,12 @@ impl Decoder for LengthFieldCodec {
             return Ok(None);
         }
         self.pending_frame_length = None;
-        let mut frame = src.split_to(frame_length);
+        let mut frame = Frame::split_from(src, frame_length);
         frame.advance(self.initial_bytes_to_strip);
         Ok(Some(frame))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),

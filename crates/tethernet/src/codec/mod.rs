@@ -5,7 +5,12 @@
 //! `FramedRead` and `FramedWrite` as well as into Tethernet's pipeline. The
 //! converse also holds: any tokio_util codec can be used wherever a codec is
 //! expected, and the wrapping codecs ([`StringCodec`], `JsonCodec`) accept any
-//! framing decoder that yields [`BytesMut`](bytes::BytesMut) frames.
+//! framing decoder whose frames are bytes (`AsRef<[u8]>`).
+//!
+//! The framing decoders yield [`Frame`](crate::Frame)s: cut from the read buffer
+//! without copying, charged to their connection and watched for leaks (see
+//! [`crate::leak`]). A third-party decoder can do the same with
+//! [`Frame::split_from`](crate::Frame::split_from).
 //!
 //! # Bounded memory
 //!

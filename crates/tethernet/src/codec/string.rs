@@ -61,7 +61,8 @@ impl<C> StringCodec<C> {
 
 impl<C> Decoder for StringCodec<C>
 where
-    C: Decoder<Item = BytesMut>,
+    C: Decoder,
+    C::Item: AsRef<[u8]>,
     C::Error: Into<CodecError>,
 {
     type Item = String;
@@ -69,14 +70,14 @@ where
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, CodecError> {
         match self.inner.decode(src).map_err(Into::into)? {
-            Some(frame) => utf8_to_string(&frame).map(Some),
+            Some(frame) => utf8_to_string(frame.as_ref()).map(Some),
             None => Ok(None),
         }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, CodecError> {
         match self.inner.decode_eof(src).map_err(Into::into)? {
-            Some(frame) => utf8_to_string(&frame).map(Some),
+            Some(frame) => utf8_to_string(frame.as_ref()).map(Some),
             None => Ok(None),
         }
     }

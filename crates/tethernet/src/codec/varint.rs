@@ -1,6 +1,7 @@
 //! Frames prefixed by a base-128 varint length: Netty's
 //! `ProtobufVarint32FrameDecoder` and `ProtobufVarint32LengthFieldPrepender`.
 
+use crate::Frame;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -82,10 +83,10 @@ impl VarintLengthCodec {
 }
 
 impl Decoder for VarintLengthCodec {
-    type Item = BytesMut;
+    type Item = Frame;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let (header_length, payload_length) = match self.pending {
             Some(pending) => pending,
             None => {
@@ -111,10 +112,10 @@ impl Decoder for VarintLengthCodec {
         }
         self.pending = None;
         src.advance(header_length);
-        Ok(Some(src.split_to(payload_length)))
+        Ok(Some(Frame::split_from(src, payload_length)))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),

@@ -109,16 +109,16 @@ impl fmt::Debug for Event {
 /// # Example
 ///
 /// ```
-/// use bytes::BytesMut;
+/// use tethernet::Frame;
 /// use tethernet::{Context, Handler, Result};
 ///
 /// /// Sends every frame back unchanged.
 /// struct Echo;
 ///
-/// impl Handler<BytesMut, BytesMut> for Echo {
-///     type Next = BytesMut;
+/// impl Handler<Frame, Frame> for Echo {
+///     type Next = Frame;
 ///
-///     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, frame: BytesMut) -> Result<()> {
+///     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
 ///         ctx.write(frame).await
 ///     }
 /// }

@@ -9,15 +9,15 @@
 //! Build one per connection with [`Pipeline::builder`]:
 //!
 //! ```
-//! use bytes::BytesMut;
+//! use tethernet::Frame;
 //! use tethernet::codec::LengthFieldCodec;
 //! use tethernet::{Context, Handler, Pipeline, Result};
 //!
 //! struct Echo;
 //!
-//! impl Handler<BytesMut, BytesMut> for Echo {
-//!     type Next = BytesMut;
-//!     async fn read(&mut self, ctx: &mut Context<'_, BytesMut, BytesMut>, frame: BytesMut) -> Result<()> {
+//! impl Handler<Frame, Frame> for Echo {
+//!     type Next = Frame;
+//!     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
 //!         ctx.write(frame).await
 //!     }
 //! }

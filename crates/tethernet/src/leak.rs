@@ -1,0 +1,352 @@
+//! Leak reports (G5): what outlived its connection, who owned it, and where it was made.
+//!
+//! Three things belong to a connection and must go when it closes: the [`Frame`]s
+//! decoded from it, the tasks it owns ([`Channel::spawn`]) and the values tracked for it
+//! ([`Channel::track`]). Each records where it was created (`#[track_caller]`) and which
+//! connection it belongs to. When a connection closes, the framework watches what of it
+//! is still alive; anything alive a grace period later ([`set_grace`], 10 s by default)
+//! is reported **once**, as a [`LeakReport`] (connection, peer, kind, bytes, creation
+//! site, age), logged as a warning, counted in [`GlobalStats::leaks`], and kept among the
+//! [`reports`] (the latest 256).
+//!
+//! # Levels
+//!
+//! Owned tasks and tracked values are few and always recorded. Frames are many, so how
+//! many of them are recorded is the level ([`LeakDetection`]), set with [`set_level`] or
+//! the `TETHERNET_LEAK_DETECTION` environment variable (`off`, `sampled`, `paranoid`):
+//!
+//! - `sampled` (the default): one frame in [`SAMPLE_INTERVAL`] per I/O thread is
+//!   recorded. A frame kept by mistake on every request is found quickly; the cost is a
+//!   thread-local counter per frame (see `BENCHMARKS.md` for the measured overhead).
+//! - `paranoid`: every frame is recorded (a lock per frame): for tests and for chasing a
+//!   leak that sampling has found.
+//! - `off`: no frame is recorded. Memory accounting stays on at every level.
+//!
+//! Checks run when connections close, when [`reports`] or [`check`] is called (the admin
+//! endpoints do), and once a second in every [`Server`](crate::Server).
+//!
+//! [`Frame`]: crate::Frame
+//! [`Channel::spawn`]: crate::Channel::spawn
+//! [`Channel::track`]: crate::Channel::track
+//! [`GlobalStats::leaks`]: crate::stats::GlobalStats::leaks
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::channel::{ChannelId, ChannelShared};
+use crate::stats::global;
+use crate::tether::Tether;
+
+/// How many frames leak detection records (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakDetection {
+    /// No frame is recorded (owned tasks and tracked values still are).
+    Off,
+    /// One frame in [`SAMPLE_INTERVAL`] is recorded. The default.
+    Sampled,
+    /// Every frame is recorded.
+    Paranoid,
+}
+
+impl LeakDetection {
+    /// The level's name, as `TETHERNET_LEAK_DETECTION` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeakDetection::Off => "off",
+            LeakDetection::Sampled => "sampled",
+            LeakDetection::Paranoid => "paranoid",
+        }
+    }
+}
+
+impl std::str::FromStr for LeakDetection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "disabled" | "0" => Ok(LeakDetection::Off),
+            "sampled" | "simple" | "on" | "1" => Ok(LeakDetection::Sampled),
+            "paranoid" | "all" | "2" => Ok(LeakDetection::Paranoid),
+            other => Err(format!(
+                "unknown leak detection level `{other}`: expected off, sampled or paranoid"
+            )),
+        }
+    }
+}
+
+/// At the `sampled` level, one frame in this many is recorded.
+pub const SAMPLE_INTERVAL: u32 = 128;
+
+/// 0: not read yet; otherwise 1 + the level.
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+static GRACE_MS: AtomicU64 = AtomicU64::new(10_000);
+
+/// The current level: as last set, or from `TETHERNET_LEAK_DETECTION` (sampled if unset
+/// or unreadable).
+#[inline]
+pub fn level() -> LeakDetection {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => LeakDetection::Off,
+        2 => LeakDetection::Sampled,
+        3 => LeakDetection::Paranoid,
+        _ => level_from_env(),
+    }
+}
+
+#[cold]
+fn level_from_env() -> LeakDetection {
+    let level = match std::env::var("TETHERNET_LEAK_DETECTION") {
+        Ok(value) => value.parse().unwrap_or_else(|error| {
+            tracing::warn!(%error, "TETHERNET_LEAK_DETECTION ignored; using `sampled`");
+            LeakDetection::Sampled
+        }),
+        Err(_) => LeakDetection::Sampled,
+    };
+    // A level set meanwhile wins.
+    let _ = LEVEL.compare_exchange(0, encode(level), Ordering::Relaxed, Ordering::Relaxed);
+    level
+}
+
+fn encode(level: LeakDetection) -> u8 {
+    match level {
+        LeakDetection::Off => 1,
+        LeakDetection::Sampled => 2,
+        LeakDetection::Paranoid => 3,
+    }
+}
+
+/// Sets the level for the whole process (frames created from now on).
+pub fn set_level(level: LeakDetection) {
+    LEVEL.store(encode(level), Ordering::Relaxed);
+}
+
+/// How long after its connection closed something must still be alive to be reported.
+pub fn grace() -> Duration {
+    Duration::from_millis(GRACE_MS.load(Ordering::Relaxed))
+}
+
+/// Sets the grace period (10 s by default). Shorter finds leaks sooner but may report a
+/// value that was about to be dropped (a task finishing its last write, say).
+pub fn set_grace(grace: Duration) {
+    GRACE_MS.store(grace.as_millis() as u64, Ordering::Relaxed);
+}
+
+/// What leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakKind {
+    /// A [`Frame`](crate::Frame) decoded from the connection.
+    Frame,
+    /// A task the connection owned ([`Channel::spawn`](crate::Channel::spawn)) that did
+    /// not stop (a task that never yields cannot be cancelled).
+    Task,
+    /// A value tracked for the connection ([`Channel::track`](crate::Channel::track)).
+    Tracked,
+}
+
+impl LeakKind {
+    /// A short snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeakKind::Frame => "frame",
+            LeakKind::Task => "task",
+            LeakKind::Tracked => "tracked",
+        }
+    }
+}
+
+/// Something still alive a grace period after its connection closed.
+#[derive(Debug, Clone)]
+pub struct LeakReport {
+    /// The connection it belonged to.
+    pub channel: ChannelId,
+    /// That connection's peer.
+    pub peer: SocketAddr,
+    /// What it is.
+    pub kind: LeakKind,
+    /// Its type, as far as known.
+    pub type_name: &'static str,
+    /// Its own bytes (a frame's length; a tracked value's inline size; 0 for a task).
+    pub bytes: usize,
+    /// Bytes it keeps alive: for a frame, the whole read-buffer allocation it pins.
+    pub retained: usize,
+    /// Where it was created.
+    pub created_at: &'static Location<'static>,
+    /// Time from its creation to the report.
+    pub age: Duration,
+    /// Time from its connection's close to the report.
+    pub closed_for: Duration,
+    /// When the report was made.
+    pub reported_at: Instant,
+}
+
+impl fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}) of connection {} (peer {}), {} bytes, retaining {} bytes, created at {}, {:.1} s old, alive {:.1} s after its connection closed",
+            self.kind.name(),
+            self.type_name,
+            self.channel,
+            self.peer,
+            self.bytes,
+            self.retained,
+            self.created_at,
+            self.age.as_secs_f64(),
+            self.closed_for.as_secs_f64(),
+        )
+    }
+}
+
+/// One live thing of a connection, as recorded by its tether.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) kind: LeakKind,
+    pub(crate) type_name: &'static str,
+    pub(crate) bytes: usize,
+    pub(crate) retained: usize,
+    pub(crate) created_at: &'static Location<'static>,
+    pub(crate) created: Instant,
+}
+
+/// A closed connection with things still alive, waiting for its grace period to pass.
+struct Watch {
+    channel: ChannelId,
+    peer: SocketAddr,
+    closed: Instant,
+    tether: Arc<Tether>,
+}
+
+/// Closed connections waiting to be checked, oldest first. Capped: past the cap, the
+/// oldest are checked early (which can only report something that was about to go).
+const MAX_WATCHED: usize = 65_536;
+/// Reports kept for [`reports`].
+const MAX_REPORTS: usize = 256;
+
+#[derive(Default)]
+struct Registry {
+    watched: VecDeque<Watch>,
+    reports: VecDeque<LeakReport>,
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+        watched: VecDeque::new(),
+        reports: VecDeque::new(),
+    });
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Called once when a connection has closed: if anything of it is still alive, watch it.
+pub(crate) fn watch(shared: &ChannelShared) {
+    let now = Instant::now();
+    if shared.tether.has_live_records() {
+        let mut registry = registry();
+        if registry.watched.len() >= MAX_WATCHED {
+            let early = registry.watched.pop_front();
+            drop(registry);
+            if let Some(watch) = early {
+                report(watch, now);
+            }
+            registry = self::registry();
+        }
+        registry.watched.push_back(Watch {
+            channel: shared.id,
+            peer: shared.peer,
+            closed: now,
+            tether: shared.tether.clone(),
+        });
+    }
+    sweep(now);
+}
+
+/// Reports what is due; returns how many reports were made.
+fn sweep(now: Instant) -> usize {
+    let grace = grace();
+    let mut made = 0;
+    loop {
+        let due = {
+            let mut registry = registry();
+            match registry.watched.front() {
+                Some(watch) if now.saturating_duration_since(watch.closed) >= grace => {
+                    registry.watched.pop_front()
+                }
+                _ => None,
+            }
+        };
+        match due {
+            Some(watch) => made += report(watch, now),
+            None => return made,
+        }
+    }
+}
+
+fn report(watch: Watch, now: Instant) -> usize {
+    let leftovers = watch.tether.live_records();
+    let reports: Vec<LeakReport> = leftovers
+        .into_iter()
+        .map(|record| LeakReport {
+            channel: watch.channel,
+            peer: watch.peer,
+            kind: record.kind,
+            type_name: record.type_name,
+            bytes: record.bytes,
+            retained: record.retained,
+            created_at: record.created_at,
+            age: now.saturating_duration_since(record.created),
+            closed_for: now.saturating_duration_since(watch.closed),
+            reported_at: now,
+        })
+        .collect();
+    let made = reports.len();
+    if made == 0 {
+        return 0;
+    }
+    global().leaks.add(made as u64);
+    for report in &reports {
+        tracing::warn!(
+            channel = %report.channel,
+            peer = %report.peer,
+            kind = report.kind.name(),
+            bytes = report.bytes,
+            retained = report.retained,
+            created_at = %report.created_at,
+            "LEAK: {report}"
+        );
+    }
+    let mut registry = registry();
+    for report in reports {
+        if registry.reports.len() >= MAX_REPORTS {
+            registry.reports.pop_front();
+        }
+        registry.reports.push_back(report);
+    }
+    made
+}
+
+/// Checks now for anything due; returns how many new reports were made.
+pub fn check() -> usize {
+    sweep(Instant::now())
+}
+
+/// The latest reports (up to 256), oldest first, after a [`check`].
+pub fn reports() -> Vec<LeakReport> {
+    check();
+    registry().reports.iter().cloned().collect()
+}
+
+/// Closed connections still watched (something of theirs was alive at close and the
+/// grace period has not passed).
+pub fn watched() -> usize {
+    registry().watched.len()
+}
+
+/// Forgets the kept reports (the counter in [`GlobalStats`](crate::GlobalStats) stays).
+pub fn clear_reports() {
+    registry().reports.clear();
+}
