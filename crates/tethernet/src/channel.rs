@@ -54,6 +54,10 @@ impl ChannelId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    pub(crate) fn from_u64(id: u64) -> ChannelId {
+        ChannelId(id)
+    }
 }
 
 impl fmt::Display for ChannelId {

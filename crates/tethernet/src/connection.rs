@@ -169,20 +169,23 @@ pub(crate) async fn run<C, S, W>(
         tether: channel.shared.tether.clone(),
     };
 
-    let outcome = crate::panics::guarded(drive(
-        socket,
-        &mut read_half,
-        &mut reader,
-        &mut writer,
-        &mut stages,
-        &channel,
-        &config,
-    ))
+    let outcome = crate::panics::guarded(
+        channel.id(),
+        drive(
+            socket,
+            &mut read_half,
+            &mut reader,
+            &mut writer,
+            &mut stages,
+            &channel,
+            &config,
+        ),
+    )
     .await;
     // The closing steps run once per connection; boxing them keeps their state (handler
     // futures, the close timer) out of the connection task, which every idle connection
     // pays for.
-    let closing = crate::panics::guarded(async {
+    let closing = crate::panics::guarded(channel.id(), async {
         Box::pin(close(outcome, &mut writer, &mut stages, &channel, &config)).await;
         Ok(())
     })

@@ -35,6 +35,9 @@ struct GroupInner {
     loops: Vec<EventLoop>,
     /// Round-robin cursor for [`EventLoopGroup::next`].
     next: AtomicUsize,
+    /// Watches the loops for handlers that block them ([`crate::blocking`]); stopped
+    /// after the loops (fields drop after `Drop::drop` has joined the loops).
+    _watchdog: Option<crate::blocking::Watchdog>,
 }
 
 impl EventLoopGroup {
@@ -56,8 +59,11 @@ impl EventLoopGroup {
             ));
         }
         let mut loops = Vec::with_capacity(threads);
+        let mut slots = Vec::with_capacity(threads);
         for index in 0..threads {
             let thread_name = format!("{name}-{index}");
+            let slot = crate::blocking::Slot::new(thread_name.clone());
+            slots.push(slot.clone());
             let mut builder = Builder::new_current_thread();
             builder.enable_all().thread_name(thread_name.clone());
             if let Some(blocking) = blocking_threads {
@@ -67,6 +73,7 @@ impl EventLoopGroup {
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = thread::Builder::new().name(thread_name).spawn(move || {
+                crate::blocking::install(slot);
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -80,11 +87,13 @@ impl EventLoopGroup {
                 thread: Some(thread),
             });
         }
+        let watchdog = crate::blocking::Watchdog::start(name, slots)?;
         Ok(EventLoopGroup {
             inner: Arc::new(GroupInner {
                 name: name.to_owned(),
                 loops,
                 next: AtomicUsize::new(0),
+                _watchdog: Some(watchdog),
             }),
         })
     }
@@ -106,6 +115,7 @@ impl EventLoopGroup {
                     thread: None,
                 }],
                 next: AtomicUsize::new(0),
+                _watchdog: None,
             }),
         }
     }

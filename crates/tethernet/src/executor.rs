@@ -385,8 +385,11 @@ where
         };
         let result = match &self.blocking {
             None => {
-                let result =
-                    crate::panics::guarded(run_step(&mut segment, &self.channel, step)).await;
+                let result = crate::panics::guarded(
+                    self.channel.id(),
+                    run_step(&mut segment, &self.channel, step),
+                )
+                .await;
                 self.segment = Some(segment);
                 result
             }
@@ -394,11 +397,10 @@ where
                 let channel = self.channel.clone();
                 let runtime = handle.clone();
                 let call = tokio::task::spawn_blocking(move || {
-                    let result = runtime.block_on(crate::panics::guarded(run_step(
-                        &mut segment,
-                        &channel,
-                        step,
-                    )));
+                    let result = runtime.block_on(crate::panics::guarded(
+                        channel.id(),
+                        run_step(&mut segment, &channel, step),
+                    ));
                     (segment, result)
                 });
                 match call.await {

@@ -60,6 +60,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 mod buffers;
 pub mod channel;
 pub mod client;

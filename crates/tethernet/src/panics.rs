@@ -14,24 +14,32 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
 use std::task::Poll;
 
+use crate::channel::ChannelId;
 use crate::error::{Error, Result};
 
 thread_local! {
     static RUNNING: Cell<&'static str> = const { Cell::new("(framework code)") };
 }
 
-/// Records that the handler `name` is about to run on this thread.
+/// Records that the handler `name` (interned as `id` for blocking detection) is about to
+/// run on this thread.
 #[inline]
-pub(crate) fn entering(name: &'static str) {
+pub(crate) fn entering(name: &'static str, id: u32) {
     RUNNING.with(|running| running.set(name));
+    crate::blocking::entering(id);
 }
 
-/// Runs `future`; a panic while polling it becomes [`Error::Panic`] naming the handler
-/// that was running.
-pub(crate) async fn guarded<F: Future<Output = Result<()>>>(future: F) -> Result<()> {
+/// Runs `future`, the work of `channel`; a panic while polling it becomes
+/// [`Error::Panic`] naming the handler that was running. Each poll is watched for
+/// blocking ([`crate::blocking`]).
+pub(crate) async fn guarded<F: Future<Output = Result<()>>>(
+    channel: ChannelId,
+    future: F,
+) -> Result<()> {
     let mut future = pin!(future);
     poll_fn(|cx| {
-        entering("(framework code)");
+        let _busy = crate::blocking::busy(channel);
+        entering("(framework code)", 0);
         match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(poll) => poll,
             Err(payload) => {

@@ -259,11 +259,17 @@ impl Server {
         let mut backoff = AcceptBackoff::default();
         // While set, accepting is paused (after a failed accept) until this instant.
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // Leak checks for connections that closed a grace period ago (crate::leak).
+        let mut leak_checks = tokio::time::interval(Duration::from_secs(1));
+        leak_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 Some(finished) = connections.join_next() => report(finished),
+                _ = leak_checks.tick() => {
+                    crate::leak::check();
+                }
                 _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
                     paused_until = None;
                 }

@@ -305,13 +305,10 @@ async fn run<C, S, W>(
         outbound,
         stats: &stats,
     };
-    let outcome = crate::panics::guarded(serve(
-        &socket,
-        &mut sink,
-        &mut stages,
-        &channel,
-        max_datagram,
-    ))
+    let outcome = crate::panics::guarded(
+        channel.id(),
+        serve(&socket, &mut sink, &mut stages, &channel, max_datagram),
+    )
     .await;
     channel.close();
     if let Err(error) = &outcome {

@@ -80,6 +80,8 @@ where
     /// Messages the handler fired during the current call, delivered after it returns.
     /// Kept between calls to avoid an allocation per message; shrunk after a burst.
     forward: Vec<Forward<H::Next>>,
+    /// The handler's name, interned for blocking detection.
+    name_id: u32,
     _types: PhantomData<fn(In, W)>,
 }
 
@@ -97,6 +99,7 @@ where
             handler,
             next,
             forward: Vec::new(),
+            name_id: crate::blocking::intern(std::any::type_name::<H>()),
             _types: PhantomData,
         }
     }
@@ -149,7 +152,7 @@ where
     async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
         let result = {
-            crate::panics::entering(Self::name());
+            crate::panics::entering(Self::name(), self.name_id);
             self.handler.read(&mut ctx, message).await
         };
         if let Err(error) = result {
@@ -167,7 +170,7 @@ where
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
         {
-            crate::panics::entering(Self::name());
+            crate::panics::entering(Self::name(), self.name_id);
             self.handler.active(&mut ctx)
         }
         .await
@@ -179,7 +182,7 @@ where
     async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
         let result = {
-            crate::panics::entering(Self::name());
+            crate::panics::entering(Self::name(), self.name_id);
             self.handler.inactive(&mut ctx).await
         };
         // Nothing more is delivered once the connection is going away.
@@ -192,7 +195,7 @@ where
     async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
         {
-            crate::panics::entering(Self::name());
+            crate::panics::entering(Self::name(), self.name_id);
             self.handler.user_event(&mut ctx, event)
         }
         .await
@@ -204,7 +207,7 @@ where
     async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
         if let Err(failure) = {
-            crate::panics::entering(Self::name());
+            crate::panics::entering(Self::name(), self.name_id);
             self.handler.error(&mut ctx, error).await
         } {
             tracing::debug!(handler = Self::name(), %failure, "handler failed while handling an error");
@@ -227,6 +230,7 @@ where
             handler: self.handler,
             next: self.next.append(x),
             forward: Vec::new(),
+            name_id: self.name_id,
             _types: PhantomData,
         }
     }
