@@ -4,18 +4,31 @@
 //! ```text
 //! cargo run --release -p tethernet --example echo -- --listen 127.0.0.1:7007
 //! cargo run --release -p tethernet --example echo -- --offload blocking --jitter-us 200
+//! cargo run --release -p tethernet --example echo -- --admin 127.0.0.1:9100
 //! ```
 //!
 //! With `--offload async|blocking`, each frame first passes a business handler on an
 //! executor that waits a random 0..N µs (async sleep or blocking sleep) before the frame is
 //! echoed: replies still come back in order.
+//!
+//! With `--admin ADDR`, the admin server (metrics, debugging endpoints, dashboard at `/`)
+//! listens there. `--leak-every N` and `--block-every N` misbehave on purpose, to see leak
+//! reports and blocking reports appear.
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use clap::{Parser, ValueEnum};
 use tethernet::codec::LengthFieldCodec;
-use tethernet::Frame;
-use tethernet::{Context, Executor, Handler, Pipeline, Result, Server};
+use tethernet::leak::LeakDetection;
+use tethernet::pipeline::Stage;
+use tethernet::{Context, Executor, Frame, Handler, Pipeline, PipelineCodec, Result, Server};
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOCATOR: tethernet_admin::Jemalloc = tethernet_admin::Jemalloc;
 
 #[derive(Parser, Debug)]
 #[command(about = "Tethernet echo server: 4-byte big-endian length + payload, echoed back")]
@@ -38,6 +51,20 @@ struct Args {
     /// With --offload: executor threads; default: the number of cores.
     #[arg(long)]
     executor_threads: Option<usize>,
+    /// Serve the admin endpoints (metrics, /debug/*, dashboard) on this address.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Leak detection level: off, sampled or paranoid (default: TETHERNET_LEAK_DETECTION,
+    /// else sampled).
+    #[arg(long)]
+    leak_detection: Option<LeakDetection>,
+    /// Misbehave: keep every Nth frame forever (to see leak reports; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    leak_every: u64,
+    /// Misbehave: block the event loop for 25 ms on every Nth frame (to see blocking
+    /// reports; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    block_every: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,6 +84,33 @@ impl Handler<Frame, Frame> for Echo {
     type Next = Frame;
 
     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
+        ctx.write(frame).await
+    }
+}
+
+/// Frames kept forever by `--leak-every`.
+static LEAKED: Mutex<Vec<Frame>> = Mutex::new(Vec::new());
+static FRAMES_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Echoes, but keeps a copy of every Nth frame's bytes forever (`--leak-every`) or blocks
+/// the event loop on every Nth frame (`--block-every`).
+struct Misbehave {
+    leak_every: u64,
+    block_every: u64,
+}
+
+impl Handler<Frame, Frame> for Misbehave {
+    type Next = Frame;
+
+    async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, mut frame: Frame) -> Result<()> {
+        let n = FRAMES_SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.block_every > 0 && n % self.block_every == 0 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if self.leak_every > 0 && n % self.leak_every == 0 {
+            let kept = frame.split_to(frame.len().min(8));
+            LEAKED.lock().unwrap_or_else(|e| e.into_inner()).push(kept);
+        }
         ctx.write(frame).await
     }
 }
@@ -106,23 +160,42 @@ async fn main() -> Result<()> {
         args.max_frame,
         args.offload
     );
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        println!("shutting down");
+    if let Some(level) = args.leak_detection {
+        tethernet::leak::set_level(level);
+    }
+    let admin = match args.admin {
+        Some(addr) => {
+            let admin = tethernet_admin::Admin::new().bind(addr).await?;
+            println!(
+                "admin on http://{}/ (metrics at /metrics)",
+                admin.local_addr()
+            );
+            Some(admin)
+        }
+        None => None,
     };
+    let stop = CancellationToken::new();
     let max_frame = args.max_frame;
+    let (leak_every, block_every) = (args.leak_every, args.block_every);
     match args.offload {
+        Offload::None if leak_every == 0 && block_every == 0 => {
+            run(server, admin, stop, move || {
+                Pipeline::builder(LengthFieldCodec::new(max_frame))
+                    .handler(Echo)
+                    .build()
+            })
+            .await
+        }
         Offload::None => {
-            server
-                .serve_until(
-                    move || {
-                        Pipeline::builder(LengthFieldCodec::new(max_frame))
-                            .handler(Echo)
-                            .build()
-                    },
-                    shutdown,
-                )
-                .await
+            run(server, admin, stop, move || {
+                Pipeline::builder(LengthFieldCodec::new(max_frame))
+                    .handler(Misbehave {
+                        leak_every,
+                        block_every,
+                    })
+                    .build()
+            })
+            .await
         }
         Offload::Async | Offload::Blocking => {
             let blocking = args.offload == Offload::Blocking;
@@ -135,17 +208,51 @@ async fn main() -> Result<()> {
             }
             let executor = executor.build()?;
             let max_us = args.jitter_us;
-            server
-                .serve_until(
-                    move || {
-                        Pipeline::builder(LengthFieldCodec::new(max_frame))
-                            .on(&executor, Jitter { max_us, blocking })
-                            .handler(Echo)
-                            .build()
-                    },
-                    shutdown,
-                )
-                .await
+            run(server, admin, stop, move || {
+                Pipeline::builder(LengthFieldCodec::new(max_frame))
+                    .on(&executor, Jitter { max_us, blocking })
+                    .handler(Echo)
+                    .build()
+            })
+            .await
         }
     }
+}
+
+/// Serves (and the admin server, if any) until Ctrl-C; both are awaited.
+async fn run<F, C, S>(
+    server: Server,
+    admin: Option<tethernet_admin::AdminServer>,
+    stop: CancellationToken,
+    pipeline: F,
+) -> Result<()>
+where
+    F: Fn() -> Pipeline<C, S, Frame> + Send + Sync + 'static,
+    C: PipelineCodec<Frame>,
+    S: Stage<C::Item, Frame>,
+{
+    let signal = stop.clone();
+    let on_signal = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => println!("shutting down"),
+            _ = signal.cancelled() => {}
+        }
+        signal.cancel();
+    };
+    let admin = async {
+        match admin {
+            Some(admin) => admin.serve_until(stop.clone().cancelled_owned()).await,
+            None => Ok(()),
+        }
+    };
+    let serve = async {
+        let result = server.serve_until(pipeline, stop.cancelled()).await;
+        stop.cancel();
+        result
+    };
+    let (served, admin_served, ()) = tokio::join!(serve, admin, on_signal);
+    if let Err(error) = admin_served {
+        eprintln!("admin server failed: {error}");
+    }
+    served
 }
