@@ -25,9 +25,10 @@
 //! Binaries install jemalloc as their allocator (feature `jemalloc`, on by default) so
 //! that allocator figures are available:
 //!
-//! ```ignore
+//! ```no_run
 //! #[global_allocator]
 //! static ALLOCATOR: tethernet_admin::Jemalloc = tethernet_admin::Jemalloc;
+//! # fn main() {}
 //! ```
 
 #![warn(missing_docs, unreachable_pub)]

@@ -108,7 +108,9 @@ impl Handler<Frame, Frame> for Misbehave {
             std::thread::sleep(Duration::from_millis(25));
         }
         if self.leak_every > 0 && n % self.leak_every == 0 {
-            let kept = frame.split_to(frame.len().min(8));
+            // Cut here (so leak reports point at this line), kept forever, echoed as a copy.
+            let kept = frame.split_to(frame.len());
+            frame = Frame::from(&kept[..]);
             LEAKED.lock().unwrap_or_else(|e| e.into_inner()).push(kept);
         }
         ctx.write(frame).await
