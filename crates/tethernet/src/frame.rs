@@ -15,7 +15,7 @@
 //! [`detach`](Frame::detach)ed: copied into a buffer of exactly its size, which pins
 //! nothing and is no longer the connection's.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
@@ -27,26 +27,88 @@ use crate::leak::{self, LeakKind};
 use crate::stats::{ChannelStats, MemoryKind};
 use crate::tether::Tether;
 
-/// One read-buffer allocation of a connection, charged to it at full capacity until the
-/// reader and every frame cut from the allocation have let go of it.
-pub(crate) struct ReadAllocation {
-    capacity: usize,
-    stats: Arc<ChannelStats>,
+/// What a frame keeps alive: a read-buffer allocation of a connection, charged to it at
+/// full capacity until the reader and every frame cut from it have let go of it; or, for a
+/// frame sampled by leak detection, its leak record plus the allocation.
+///
+/// One pointer in every frame (so a frame is 40 bytes: moving frames through handler
+/// futures stays cheap).
+pub(crate) enum ReadAllocation {
+    Allocation {
+        capacity: usize,
+        stats: Arc<ChannelStats>,
+    },
+    Tracked {
+        allocation: Arc<ReadAllocation>,
+        tether: Arc<Tether>,
+        key: u64,
+    },
 }
 
 impl ReadAllocation {
     pub(crate) fn new(capacity: usize, stats: &Arc<ChannelStats>) -> Arc<ReadAllocation> {
         stats.meter(MemoryKind::ReadBuffer).add(capacity);
-        Arc::new(ReadAllocation {
+        Arc::new(ReadAllocation::Allocation {
             capacity,
             stats: stats.clone(),
         })
+    }
+
+    /// The allocation itself (not a frame's record).
+    fn allocation(self: &Arc<Self>) -> &Arc<ReadAllocation> {
+        match &**self {
+            ReadAllocation::Allocation { .. } => self,
+            ReadAllocation::Tracked { allocation, .. } => allocation,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            ReadAllocation::Allocation { capacity, .. } => *capacity,
+            ReadAllocation::Tracked { allocation, .. } => allocation.capacity(),
+        }
+    }
+
+    fn tether(&self) -> Option<&Arc<Tether>> {
+        match self {
+            ReadAllocation::Allocation { .. } => None,
+            ReadAllocation::Tracked { tether, .. } => Some(tether),
+        }
+    }
+
+    /// A frame's pin on `allocation`: with a leak record if this frame is sampled.
+    #[inline]
+    fn pin(
+        allocation: &Arc<ReadAllocation>,
+        tether: &Arc<Tether>,
+        len: usize,
+        site: &'static Location<'static>,
+    ) -> Arc<ReadAllocation> {
+        let allocation = allocation.allocation();
+        if sample() {
+            let capacity = allocation.capacity();
+            if let Some(key) =
+                tether.track(LeakKind::Frame, len, capacity, site, "tethernet::Frame")
+            {
+                return Arc::new(ReadAllocation::Tracked {
+                    allocation: allocation.clone(),
+                    tether: tether.clone(),
+                    key,
+                });
+            }
+        }
+        allocation.clone()
     }
 }
 
 impl Drop for ReadAllocation {
     fn drop(&mut self) {
-        self.stats.meter(MemoryKind::ReadBuffer).sub(self.capacity);
+        match self {
+            ReadAllocation::Allocation { capacity, stats } => {
+                stats.meter(MemoryKind::ReadBuffer).sub(*capacity)
+            }
+            ReadAllocation::Tracked { tether, key, .. } => tether.untrack(*key),
+        }
     }
 }
 
@@ -57,7 +119,8 @@ pub(crate) struct DecodeScope {
 }
 
 thread_local! {
-    static SCOPE: RefCell<Option<DecodeScope>> = const { RefCell::new(None) };
+    /// A `Cell` (moved in and out, never borrowed): cheaper per frame than a `RefCell`.
+    static SCOPE: Cell<Option<DecodeScope>> = const { Cell::new(None) };
     /// Frames created on this thread since the last sampled one.
     static SAMPLE_COUNTER: Cell<u32> = const { Cell::new(0) };
 }
@@ -68,12 +131,12 @@ pub(crate) fn decoding<R>(scope: &mut Option<DecodeScope>, decode: impl FnOnce()
     if scope.is_none() {
         return decode();
     }
-    SCOPE.with(|current| *current.borrow_mut() = scope.take());
+    SCOPE.with(|current| current.set(scope.take()));
     // Restored even if `decode` panics (the panic is reported by the connection).
     struct Restore<'a>(&'a mut Option<DecodeScope>);
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            *self.0 = SCOPE.with(|current| current.borrow_mut().take());
+            *self.0 = SCOPE.with(Cell::take);
         }
     }
     let _restore = Restore(scope);
@@ -81,6 +144,7 @@ pub(crate) fn decoding<R>(scope: &mut Option<DecodeScope>, decode: impl FnOnce()
 }
 
 /// Whether the next frame created on this thread is tracked for leaks.
+#[inline]
 fn sample() -> bool {
     match leak::level() {
         leak::LeakDetection::Off => false,
@@ -98,18 +162,6 @@ fn sample() -> bool {
     }
 }
 
-/// A frame's entry in its connection's leak registry; removed when the frame is dropped.
-struct Tracked {
-    tether: Arc<Tether>,
-    key: u64,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.tether.untrack(self.key);
-    }
-}
-
 /// The bytes of one frame, cut without copying from its connection's read buffer.
 ///
 /// Reads like a byte slice (`Deref<Target = [u8]>`); encoders of this crate accept it
@@ -119,8 +171,7 @@ impl Drop for Tracked {
 /// ([`Frame::from`]) belong to no connection.
 pub struct Frame {
     bytes: BytesMut,
-    allocation: Option<Arc<ReadAllocation>>,
-    tracked: Option<Tracked>,
+    owner: Option<Arc<ReadAllocation>>,
 }
 
 impl Frame {
@@ -135,28 +186,13 @@ impl Frame {
     pub fn split_from(buffer: &mut BytesMut, len: usize) -> Frame {
         let bytes = buffer.split_to(len);
         let site = Location::caller();
-        SCOPE.with(|scope| match &*scope.borrow() {
-            Some(scope) => {
-                let tracked = sample().then(|| {
-                    let key = scope.tether.track(
-                        LeakKind::Frame,
-                        bytes.len(),
-                        scope.allocation.capacity,
-                        site,
-                        "tethernet::Frame",
-                    );
-                    key.map(|key| Tracked {
-                        tether: scope.tether.clone(),
-                        key,
-                    })
-                });
-                Frame {
-                    bytes,
-                    allocation: Some(scope.allocation.clone()),
-                    tracked: tracked.flatten(),
-                }
-            }
-            None => Frame::from(bytes),
+        SCOPE.with(|cell| {
+            let current = cell.take();
+            let owner = current.as_ref().map(|scope| {
+                ReadAllocation::pin(&scope.allocation, &scope.tether, bytes.len(), site)
+            });
+            cell.set(current);
+            Frame { bytes, owner }
         })
     }
 
@@ -170,27 +206,11 @@ impl Frame {
     pub fn split_to(&mut self, at: usize) -> Frame {
         let bytes = self.bytes.split_to(at);
         let site = Location::caller();
-        let tracked = match (&self.tracked, &self.allocation) {
-            (Some(tracked), Some(allocation)) if sample() => tracked
-                .tether
-                .track(
-                    LeakKind::Frame,
-                    bytes.len(),
-                    allocation.capacity,
-                    site,
-                    "tethernet::Frame",
-                )
-                .map(|key| Tracked {
-                    tether: tracked.tether.clone(),
-                    key,
-                }),
-            _ => None,
-        };
-        Frame {
-            bytes,
-            allocation: self.allocation.clone(),
-            tracked,
-        }
+        let owner = self.owner.as_ref().map(|owner| match owner.tether() {
+            Some(tether) => ReadAllocation::pin(owner, tether, bytes.len(), site),
+            None => owner.clone(),
+        });
+        Frame { bytes, owner }
     }
 
     /// Drops the first `count` bytes.
@@ -221,23 +241,21 @@ impl Frame {
     /// The bytes of the read-buffer allocation this frame keeps alive (0 for a frame
     /// that belongs to no connection).
     pub fn retained_bytes(&self) -> usize {
-        self.allocation.as_ref().map_or(0, |a| a.capacity)
+        self.owner.as_ref().map_or(0, |owner| owner.capacity())
     }
 
     /// Whether leak detection tracks this frame (see [`crate::leak`]).
     pub fn is_tracked(&self) -> bool {
-        self.tracked.is_some()
+        self.owner
+            .as_ref()
+            .is_some_and(|owner| owner.tether().is_some())
     }
 }
 
 impl From<BytesMut> for Frame {
     /// A frame that belongs to no connection.
     fn from(bytes: BytesMut) -> Frame {
-        Frame {
-            bytes,
-            allocation: None,
-            tracked: None,
-        }
+        Frame { bytes, owner: None }
     }
 }
 

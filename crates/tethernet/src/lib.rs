@@ -30,7 +30,10 @@
 //! - [`reconnect`]: client connections kept up with backoff; [`udp`]: the same model on
 //!   datagram sockets.
 //! - [`stats`] and [`size`]: live per-connection byte counters, process-wide totals
-//!   ([`global`]), and how messages are measured.
+//!   ([`global`]), the list of live connections, and how messages are measured.
+//! - [`Frame`] (private module `frame`): decoded bytes charged at the read buffer they
+//!   pin and tracked for leaks; [`leak`]: leak reports; [`blocking`]: the watchdog that
+//!   reports handlers blocking an event loop.
 //!
 //! # Example
 //!
