@@ -182,14 +182,13 @@ impl Drop for Busy {
     }
 }
 
-/// Publishes the handler about to run (by interned id).
+/// Publishes the handler about to run (by interned id); returns the one published before.
 #[inline]
-pub(crate) fn entering(handler: u32) {
-    SLOT.with(|cell| {
-        if let Some(slot) = cell.get() {
-            slot.handler.store(handler, Ordering::Relaxed);
-        }
-    });
+pub(crate) fn entering(handler: u32) -> u32 {
+    SLOT.with(|cell| match cell.get() {
+        Some(slot) => slot.handler.swap(handler, Ordering::Relaxed),
+        None => 0,
+    })
 }
 
 /// The watchdog of one event-loop group: a thread, stopped and joined on drop.

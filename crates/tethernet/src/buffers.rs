@@ -44,7 +44,8 @@ pub(crate) fn give(mut buffer: BytesMut) {
     if capacity == 0 || capacity > MAX_POOLED_CAPACITY {
         return;
     }
-    POOL.with(|pool| {
+    // `try_with`: a connection dropped while its thread shuts down frees its buffer.
+    let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() < MAX_POOLED {
             pool.push(buffer);

@@ -642,15 +642,31 @@ impl Reader<'_> {
     /// After decoding: what is left is a partial frame (the decoder's figure); release
     /// the buffer if it holds nothing, so an idle connection holds no read buffer.
     fn settle(&mut self) {
-        self.set_decoder(self.buffer.len());
         if self.buffer.is_empty() && self.buffer.capacity() > 0 {
-            buffers::give(std::mem::take(&mut self.buffer));
+            self.let_go();
         }
+        // After re-pinning: a codec's `reserve` may have moved the partial frame to a
+        // new allocation, whose charge it is then taken from.
         self.account();
+        self.set_decoder(self.buffer.len());
+    }
+
+    /// Gives the (empty) buffer back to the pool — unless frames still pin its
+    /// allocation: reusing its tail would charge those bytes twice.
+    fn let_go(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        let shared = self
+            .scope
+            .as_ref()
+            .is_some_and(|scope| Arc::strong_count(&scope.allocation) > 1);
+        if !shared {
+            buffers::give(buffer);
+        }
     }
 
     /// Charges a new allocation when the buffer has moved to one (the old charge stays
-    /// with the frames that still pin the old allocation).
+    /// with the frames that still pin the old allocation), and the growth of the current
+    /// one when it grew in place (the same end, a lower start).
     fn account(&mut self) {
         let capacity = self.buffer.capacity();
         let fingerprint = if capacity == 0 {
@@ -659,6 +675,9 @@ impl Reader<'_> {
             self.buffer.as_ptr() as usize + capacity
         };
         if fingerprint == self.fingerprint {
+            if let Some(scope) = &self.scope {
+                scope.allocation.grow_to(capacity);
+            }
             return;
         }
         self.set_decoder(0);
@@ -682,8 +701,19 @@ impl Reader<'_> {
     }
 
     fn release(&mut self) {
-        buffers::give(std::mem::take(&mut self.buffer));
+        if self.buffer.capacity() > 0 {
+            self.buffer.clear();
+            self.let_go();
+        }
         self.account();
+    }
+}
+
+/// Releases the read side's charges however the connection task ends — including when
+/// it is cancelled (a dropped client `Connection`, a runtime shutting down).
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -776,6 +806,16 @@ where
         buffers::give(std::mem::take(&mut self.buffer));
         self.account();
         self.stats.count_written(std::mem::take(&mut self.written));
+    }
+}
+
+/// Releases the write buffer's charge however the connection task ends (see `Reader`).
+impl<C, W> Drop for Writer<'_, C, W> {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.buffer));
+        self.stats
+            .meter(MemoryKind::WriteBuffer)
+            .sub(std::mem::take(&mut self.accounted));
     }
 }
 

@@ -58,12 +58,14 @@ impl EventLoopGroup {
                 format!("event loop group `{name}` needs at least one thread"),
             ));
         }
+        let slots: Vec<_> = (0..threads)
+            .map(|index| crate::blocking::Slot::new(format!("{name}-{index}")))
+            .collect();
+        // Started first: if a loop fails to start, dropping it stops and joins it.
+        let watchdog = crate::blocking::Watchdog::start(name, slots.clone())?;
         let mut loops = Vec::with_capacity(threads);
-        let mut slots = Vec::with_capacity(threads);
-        for index in 0..threads {
+        for (index, slot) in slots.into_iter().enumerate() {
             let thread_name = format!("{name}-{index}");
-            let slot = crate::blocking::Slot::new(thread_name.clone());
-            slots.push(slot.clone());
             let mut builder = Builder::new_current_thread();
             builder.enable_all().thread_name(thread_name.clone());
             if let Some(blocking) = blocking_threads {
@@ -87,7 +89,6 @@ impl EventLoopGroup {
                 thread: Some(thread),
             });
         }
-        let watchdog = crate::blocking::Watchdog::start(name, slots)?;
         Ok(EventLoopGroup {
             inner: Arc::new(GroupInner {
                 name: name.to_owned(),

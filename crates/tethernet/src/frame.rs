@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -35,7 +36,9 @@ use crate::tether::Tether;
 /// futures stays cheap).
 pub(crate) enum ReadAllocation {
     Allocation {
-        capacity: usize,
+        /// Charged so far: the capacity when first seen, raised if the buffer later
+        /// reclaims more of the same allocation.
+        capacity: AtomicUsize,
         stats: Arc<ChannelStats>,
     },
     Tracked {
@@ -49,9 +52,25 @@ impl ReadAllocation {
     pub(crate) fn new(capacity: usize, stats: &Arc<ChannelStats>) -> Arc<ReadAllocation> {
         stats.meter(MemoryKind::ReadBuffer).add(capacity);
         Arc::new(ReadAllocation::Allocation {
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             stats: stats.clone(),
         })
+    }
+
+    /// Raises the charge to `capacity` if the allocation turned out bigger (only the
+    /// connection's reader calls this).
+    pub(crate) fn grow_to(&self, capacity: usize) {
+        if let ReadAllocation::Allocation {
+            capacity: charged,
+            stats,
+        } = self
+        {
+            let before = charged.load(Ordering::Relaxed);
+            if capacity > before {
+                charged.store(capacity, Ordering::Relaxed);
+                stats.meter(MemoryKind::ReadBuffer).add(capacity - before);
+            }
+        }
     }
 
     /// The allocation itself (not a frame's record).
@@ -64,7 +83,7 @@ impl ReadAllocation {
 
     fn capacity(&self) -> usize {
         match self {
-            ReadAllocation::Allocation { capacity, .. } => *capacity,
+            ReadAllocation::Allocation { capacity, .. } => capacity.load(Ordering::Relaxed),
             ReadAllocation::Tracked { allocation, .. } => allocation.capacity(),
         }
     }
@@ -104,9 +123,9 @@ impl ReadAllocation {
 impl Drop for ReadAllocation {
     fn drop(&mut self) {
         match self {
-            ReadAllocation::Allocation { capacity, stats } => {
-                stats.meter(MemoryKind::ReadBuffer).sub(*capacity)
-            }
+            ReadAllocation::Allocation { capacity, stats } => stats
+                .meter(MemoryKind::ReadBuffer)
+                .sub(capacity.load(Ordering::Relaxed)),
             ReadAllocation::Tracked { tether, key, .. } => tether.untrack(*key),
         }
     }

@@ -17,16 +17,34 @@ use std::task::Poll;
 use crate::channel::ChannelId;
 use crate::error::{Error, Result};
 
+/// The name used when no handler is running.
+pub(crate) const FRAMEWORK: &str = "(framework code)";
+
 thread_local! {
-    static RUNNING: Cell<&'static str> = const { Cell::new("(framework code)") };
+    static RUNNING: Cell<&'static str> = const { Cell::new(FRAMEWORK) };
 }
 
 /// Records that the handler `name` (interned as `id` for blocking detection) is about to
-/// run on this thread.
+/// run on this thread; returns what was running before.
 #[inline]
-pub(crate) fn entering(name: &'static str, id: u32) {
-    RUNNING.with(|running| running.set(name));
-    crate::blocking::entering(id);
+pub(crate) fn entering(name: &'static str, id: u32) -> (&'static str, u32) {
+    let before = RUNNING.with(|running| running.replace(name));
+    (before, crate::blocking::entering(id))
+}
+
+/// Runs a handler call, naming the handler on every poll (a handler that blocks or
+/// panics after an `await` is still named), and what ran before once each poll returns
+/// (framework work after a handler is not blamed on it). Not restored on a panic: the
+/// name is what the panic report reads.
+pub(crate) async fn named<F: Future>(name: &'static str, id: u32, future: F) -> F::Output {
+    let mut future = pin!(future);
+    poll_fn(|cx| {
+        let (before, before_id) = entering(name, id);
+        let poll = future.as_mut().poll(cx);
+        entering(before, before_id);
+        poll
+    })
+    .await
 }
 
 /// Runs `future`, the work of `channel`; a panic while polling it becomes
@@ -39,7 +57,7 @@ pub(crate) async fn guarded<F: Future<Output = Result<()>>>(
     let mut future = pin!(future);
     poll_fn(|cx| {
         let _busy = crate::blocking::busy(channel);
-        entering("(framework code)", 0);
+        entering(FRAMEWORK, 0);
         match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(poll) => poll,
             Err(payload) => {

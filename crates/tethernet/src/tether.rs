@@ -204,7 +204,9 @@ impl Tether {
     }
 
     /// Records something alive that belongs to the connection (a frame, a tracked value),
-    /// for leak reports; `None` past the per-connection cap of records.
+    /// for leak reports; `None` past the per-connection cap of records, and for a
+    /// tracked value once the connection has closed (checked under the same lock as the
+    /// close, so a value is either refused or seen by the leak watch).
     pub(crate) fn track(
         &self,
         kind: LeakKind,
@@ -214,7 +216,7 @@ impl Tether {
         type_name: &'static str,
     ) -> Option<u64> {
         let mut state = self.lock();
-        if state.tracked.len() >= MAX_TRACKED {
+        if state.tracked.len() >= MAX_TRACKED || (kind == LeakKind::Tracked && state.closed) {
             return None;
         }
         let key = state.next_key;
@@ -387,16 +389,23 @@ pub struct Tracked<T> {
 impl<T> Tracked<T> {
     #[track_caller]
     pub(crate) fn new(tether: &Arc<Tether>, value: T) -> Result<Tracked<T>> {
-        if tether.lock().closed {
-            return Err(Error::Closed);
-        }
-        let key = tether.track(
-            LeakKind::Tracked,
-            std::mem::size_of::<T>(),
-            std::mem::size_of::<T>(),
-            Location::caller(),
-            std::any::type_name::<T>(),
-        );
+        let key = tether
+            .track(
+                LeakKind::Tracked,
+                std::mem::size_of::<T>(),
+                std::mem::size_of::<T>(),
+                Location::caller(),
+                std::any::type_name::<T>(),
+            )
+            .ok_or_else(|| {
+                if tether.lock().closed {
+                    Error::Closed
+                } else {
+                    Error::Config(format!(
+                        "the connection already has {MAX_TRACKED} live tracked values and frames (the cap)"
+                    ))
+                }
+            })?;
         tether
             .stats
             .meter(MemoryKind::Tethered)
@@ -405,7 +414,7 @@ impl<T> Tracked<T> {
         Ok(Tracked {
             value: Some(value),
             tether: tether.clone(),
-            key,
+            key: Some(key),
         })
     }
 

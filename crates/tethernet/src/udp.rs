@@ -56,6 +56,7 @@ use crate::buffers;
 use crate::channel::Channel;
 use crate::connection::{channel_for, ClosedGuard, ConnectionConfig};
 use crate::error::{Error, Result};
+use crate::frame::{DecodeScope, ReadAllocation};
 use crate::pipeline::context::{DirectSink, Io};
 use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::queue::ByteReceiver;
@@ -446,11 +447,17 @@ where
     C: Clone + Send + 'static,
 {
     sink.codec.from = Some(peer);
+    // The datagram's buffer is charged to the socket's channel while frames cut from it
+    // live, and frames are tracked for leaks, as on TCP connections.
+    let mut scope = Some(DecodeScope {
+        allocation: ReadAllocation::new(datagram.capacity(), &channel.shared.stats),
+        tether: channel.shared.tether.clone(),
+    });
     loop {
-        let decoded = match sink.codec.decode(datagram) {
+        let decoded = crate::frame::decoding(&mut scope, || match sink.codec.decode(datagram) {
             Ok(None) => sink.codec.decode_eof(datagram),
             other => other,
-        };
+        });
         match decoded {
             Ok(Some(message)) => {
                 sink.stats.count_read(1);
@@ -466,6 +473,16 @@ where
                 return Ok(());
             }
         }
+    }
+}
+
+/// Releases the waiting datagrams' charge however the socket task ends (also when it
+/// is cancelled).
+impl<C, W> Drop for Sink<'_, C, W> {
+    fn drop(&mut self) {
+        self.stats
+            .meter(MemoryKind::WriteBuffer)
+            .sub(std::mem::take(&mut self.waiting_bytes));
     }
 }
 

@@ -151,10 +151,12 @@ where
 {
     async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        let result = {
-            crate::panics::entering(Self::name(), self.name_id);
-            self.handler.read(&mut ctx, message).await
-        };
+        let result = crate::panics::named(
+            Self::name(),
+            self.name_id,
+            self.handler.read(&mut ctx, message),
+        )
+        .await;
         if let Err(error) = result {
             self.forward.clear();
             return Err(tag(error, Self::name()));
@@ -169,22 +171,17 @@ where
 
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        {
-            crate::panics::entering(Self::name(), self.name_id);
-            self.handler.active(&mut ctx)
-        }
-        .await
-        .map_err(|e| tag(e, Self::name()))?;
+        crate::panics::named(Self::name(), self.name_id, self.handler.active(&mut ctx))
+            .await
+            .map_err(|e| tag(e, Self::name()))?;
         self.next.active(io).await?;
         self.deliver(io).await
     }
 
     async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        let result = {
-            crate::panics::entering(Self::name(), self.name_id);
-            self.handler.inactive(&mut ctx).await
-        };
+        let result =
+            crate::panics::named(Self::name(), self.name_id, self.handler.inactive(&mut ctx)).await;
         // Nothing more is delivered once the connection is going away.
         self.forward.clear();
         // Later stages are told even if this handler failed: each owns state to release.
@@ -194,10 +191,11 @@ where
 
     async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        {
-            crate::panics::entering(Self::name(), self.name_id);
-            self.handler.user_event(&mut ctx, event)
-        }
+        crate::panics::named(
+            Self::name(),
+            self.name_id,
+            self.handler.user_event(&mut ctx, event),
+        )
         .await
         .map_err(|e| tag(e, Self::name()))?;
         self.deliver(io).await?;
@@ -206,10 +204,13 @@ where
 
     async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        if let Err(failure) = {
-            crate::panics::entering(Self::name(), self.name_id);
-            self.handler.error(&mut ctx, error).await
-        } {
+        if let Err(failure) = crate::panics::named(
+            Self::name(),
+            self.name_id,
+            self.handler.error(&mut ctx, error),
+        )
+        .await
+        {
             tracing::debug!(handler = Self::name(), %failure, "handler failed while handling an error");
         }
         self.forward.clear();
