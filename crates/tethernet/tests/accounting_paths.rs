@@ -44,7 +44,7 @@ async fn decoder_figure_after_codec_reserve() {
     .await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     let mut bytes = (100_000u32).to_be_bytes().to_vec();
-    bytes.extend(std::iter::repeat(7u8).take(3000));
+    bytes.extend(std::iter::repeat_n(7u8, 3000));
     s.write_all(&bytes).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = channels.lock().unwrap()[0].clone();
