@@ -16,7 +16,7 @@
 //! The cost on the hot path is a few relaxed atomic stores per poll and per handler call;
 //! no clock is read.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,7 +95,7 @@ fn names() -> MutexGuard<'static, (Vec<&'static str>, BTreeMap<&'static str, u32
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if names.0.is_empty() {
-        names.0.push("(framework code)");
+        names.0.push(FRAMEWORK);
     }
     names
 }
@@ -114,11 +114,7 @@ pub(crate) fn intern(name: &'static str) -> u32 {
 }
 
 fn name(id: u32) -> &'static str {
-    names()
-        .0
-        .get(id as usize)
-        .copied()
-        .unwrap_or("(framework code)")
+    names().0.get(id as usize).copied().unwrap_or(FRAMEWORK)
 }
 
 /// What one event-loop thread publishes for its watchdog.
@@ -141,29 +137,56 @@ impl Slot {
     }
 }
 
+/// What runs on this thread now: the handler's name (read after a panic) and interned
+/// id, and the event loop's slot (published to the watchdog), in one thread-local so a
+/// handler poll costs one access to name itself and one to restore what ran before.
+struct Current {
+    name: Cell<&'static str>,
+    id: Cell<u32>,
+    slot: OnceCell<Arc<Slot>>,
+}
+
 thread_local! {
-    static SLOT: OnceCell<Arc<Slot>> = const { OnceCell::new() };
+    static CURRENT: Current = const {
+        Current {
+            name: Cell::new(FRAMEWORK),
+            id: Cell::new(0),
+            slot: OnceCell::new(),
+        }
+    };
+}
+
+/// The name used when no handler is running.
+pub(crate) const FRAMEWORK: &str = "(framework code)";
+
+/// The handler running on this thread (or [`FRAMEWORK`]).
+pub(crate) fn running() -> &'static str {
+    CURRENT.with(|current| current.name.get())
 }
 
 /// Makes `slot` this thread's: called once, first thing on an event-loop thread.
 pub(crate) fn install(slot: Arc<Slot>) {
-    SLOT.with(|cell| {
-        let _ = cell.set(slot);
+    CURRENT.with(|current| {
+        let _ = current.slot.set(slot);
     });
 }
 
 /// Marks the thread busy serving `channel` until the guard is dropped.
 #[inline]
 pub(crate) fn busy(channel: ChannelId) -> Busy {
-    SLOT.with(|cell| match cell.get() {
-        // Not nested in another poll of this thread (the parity says idle).
-        Some(slot) if slot.seq.load(Ordering::Relaxed) % 2 == 0 => {
-            slot.channel.store(channel.as_u64(), Ordering::Relaxed);
-            slot.handler.store(0, Ordering::Relaxed);
-            slot.seq.fetch_add(1, Ordering::Release);
-            Busy(true)
+    CURRENT.with(|current| {
+        current.name.set(FRAMEWORK);
+        current.id.set(0);
+        match current.slot.get() {
+            // Not nested in another poll of this thread (the parity says idle).
+            Some(slot) if slot.seq.load(Ordering::Relaxed) % 2 == 0 => {
+                slot.channel.store(channel.as_u64(), Ordering::Relaxed);
+                slot.handler.store(0, Ordering::Relaxed);
+                slot.seq.fetch_add(1, Ordering::Release);
+                Busy(true)
+            }
+            _ => Busy(false),
         }
-        _ => Busy(false),
     })
 }
 
@@ -173,8 +196,8 @@ pub(crate) struct Busy(bool);
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.0 {
-            SLOT.with(|cell| {
-                if let Some(slot) = cell.get() {
+            CURRENT.with(|current| {
+                if let Some(slot) = current.slot.get() {
                     slot.seq.fetch_add(1, Ordering::Release);
                 }
             });
@@ -182,12 +205,15 @@ impl Drop for Busy {
     }
 }
 
-/// Publishes the handler about to run (by interned id); returns the one published before.
+/// Names the handler about to run (and publishes its id to the watchdog); returns what
+/// ran before, to restore with another call.
 #[inline]
-pub(crate) fn entering(handler: u32) -> u32 {
-    SLOT.with(|cell| match cell.get() {
-        Some(slot) => slot.handler.swap(handler, Ordering::Relaxed),
-        None => 0,
+pub(crate) fn entering(name: &'static str, id: u32) -> (&'static str, u32) {
+    CURRENT.with(|current| {
+        if let Some(slot) = current.slot.get() {
+            slot.handler.store(id, Ordering::Relaxed);
+        }
+        (current.name.replace(name), current.id.replace(id))
     })
 }
 

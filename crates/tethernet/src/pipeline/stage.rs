@@ -154,7 +154,7 @@ where
         let result = crate::panics::named(
             Self::name(),
             self.name_id,
-            self.handler.read(&mut ctx, message),
+            std::pin::pin!(self.handler.read(&mut ctx, message)),
         )
         .await;
         if let Err(error) = result {
@@ -171,17 +171,25 @@ where
 
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        crate::panics::named(Self::name(), self.name_id, self.handler.active(&mut ctx))
-            .await
-            .map_err(|e| tag(e, Self::name()))?;
+        crate::panics::named(
+            Self::name(),
+            self.name_id,
+            std::pin::pin!(self.handler.active(&mut ctx)),
+        )
+        .await
+        .map_err(|e| tag(e, Self::name()))?;
         self.next.active(io).await?;
         self.deliver(io).await
     }
 
     async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.forward);
-        let result =
-            crate::panics::named(Self::name(), self.name_id, self.handler.inactive(&mut ctx)).await;
+        let result = crate::panics::named(
+            Self::name(),
+            self.name_id,
+            std::pin::pin!(self.handler.inactive(&mut ctx)),
+        )
+        .await;
         // Nothing more is delivered once the connection is going away.
         self.forward.clear();
         // Later stages are told even if this handler failed: each owns state to release.
@@ -194,7 +202,7 @@ where
         crate::panics::named(
             Self::name(),
             self.name_id,
-            self.handler.user_event(&mut ctx, event),
+            std::pin::pin!(self.handler.user_event(&mut ctx, event)),
         )
         .await
         .map_err(|e| tag(e, Self::name()))?;
@@ -207,7 +215,7 @@ where
         if let Err(failure) = crate::panics::named(
             Self::name(),
             self.name_id,
-            self.handler.error(&mut ctx, error),
+            std::pin::pin!(self.handler.error(&mut ctx, error)),
         )
         .await
         {
