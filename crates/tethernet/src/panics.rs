@@ -4,9 +4,10 @@
 //! (error hooks, `inactive`, owned tasks and tethered values released), and be reported
 //! with the handler's name. Catching it around every handler call costs ~100 instructions
 //! a frame (measured with callgrind on the echo benchmark), so it is caught once around
-//! the connection's read loop (and around each executor call) instead, and each handler
-//! call records its name in a thread-local: a store per call. Connection tasks never move
-//! between threads while being polled, so the name read after a panic is the right one.
+//! the connection's read loop (and around each executor call) instead, and each poll of a
+//! handler call records the handler's name in a thread-local (shared with blocking
+//! detection, [`crate::blocking`]). Connection tasks never move between threads while
+//! being polled, so the name read after a panic is the right one.
 
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
