@@ -4,7 +4,8 @@
 //! decoded from it, the tasks it owns ([`Channel::spawn`]) and the values tracked for it
 //! ([`Channel::track`]). Each records where it was created (`#[track_caller]`) and which
 //! connection it belongs to. When a connection closes, the framework watches what of it
-//! is still alive; anything alive a grace period later ([`set_grace`], 10 s by default)
+//! is still alive; anything alive a grace period later ([`set_grace`] or
+//! `TETHERNET_LEAK_GRACE_MS`, 10 s by default)
 //! is reported **once**, as a [`LeakReport`] (connection, peer, kind, bytes, creation
 //! site, age), logged as a warning, counted in [`GlobalStats::leaks`], and kept among the
 //! [`reports`] (the latest 256).
@@ -83,7 +84,9 @@ pub const SAMPLE_INTERVAL: u32 = 128;
 
 /// 0: not read yet; otherwise 1 + the level.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
-static GRACE_MS: AtomicU64 = AtomicU64::new(10_000);
+/// 0: not read yet.
+static GRACE_MS: AtomicU64 = AtomicU64::new(0);
+const DEFAULT_GRACE_MS: u64 = 10_000;
 
 /// The current level: as last set, or from `TETHERNET_LEAK_DETECTION` (sampled if unset
 /// or unreadable).
@@ -124,15 +127,27 @@ pub fn set_level(level: LeakDetection) {
     LEVEL.store(encode(level), Ordering::Relaxed);
 }
 
-/// How long after its connection closed something must still be alive to be reported.
+/// How long after its connection closed something must still be alive to be reported:
+/// as last set, or `TETHERNET_LEAK_GRACE_MS`, or 10 s.
 pub fn grace() -> Duration {
-    Duration::from_millis(GRACE_MS.load(Ordering::Relaxed))
+    match GRACE_MS.load(Ordering::Relaxed) {
+        0 => {
+            let ms = std::env::var("TETHERNET_LEAK_GRACE_MS")
+                .ok()
+                .and_then(|ms| ms.trim().parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .unwrap_or(DEFAULT_GRACE_MS);
+            let _ = GRACE_MS.compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+            Duration::from_millis(ms)
+        }
+        ms => Duration::from_millis(ms),
+    }
 }
 
 /// Sets the grace period (10 s by default). Shorter finds leaks sooner but may report a
 /// value that was about to be dropped (a task finishing its last write, say).
 pub fn set_grace(grace: Duration) {
-    GRACE_MS.store(grace.as_millis() as u64, Ordering::Relaxed);
+    GRACE_MS.store((grace.as_millis() as u64).max(1), Ordering::Relaxed);
 }
 
 /// What leaked.
