@@ -33,10 +33,7 @@ const DEFAULT_THRESHOLD: Duration = Duration::from_millis(10);
 pub fn threshold() -> Duration {
     match THRESHOLD_US.load(Ordering::Relaxed) {
         0 => {
-            let threshold = std::env::var("TETHERNET_BLOCKING_THRESHOLD_MS")
-                .ok()
-                .and_then(|ms| ms.trim().parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
+            let threshold = crate::leak::env_millis("TETHERNET_BLOCKING_THRESHOLD_MS")
                 .map_or(DEFAULT_THRESHOLD, Duration::from_millis);
             let _ = THRESHOLD_US.compare_exchange(
                 0,

@@ -185,9 +185,17 @@ fn sample() -> bool {
 ///
 /// Reads like a byte slice (`Deref<Target = [u8]>`); encoders of this crate accept it
 /// (they take any `AsRef<[u8]>`), so a handler can write a frame straight back. Frames
-/// created by the framework's codecs while a connection decodes are charged to that
-/// connection (see the [module docs](self)); frames built from plain bytes
-/// ([`Frame::from`]) belong to no connection.
+/// built from plain bytes ([`Frame::from`]) belong to no connection.
+///
+/// A frame created by a codec while a connection decodes shares the connection's read
+/// buffer allocation: a 40-byte frame taken from a 64 KiB read buffer keeps all 64 KiB
+/// alive for as long as it lives. Each read-buffer allocation is therefore charged, at
+/// its full capacity, to the connection that read into it
+/// ([`MemoryKind::ReadBuffer`](crate::MemoryKind::ReadBuffer)), until the last frame cut
+/// from it is dropped — even after the connection has closed. A frame kept forever shows
+/// in the process-wide totals and, when leak detection samples it ([`crate::leak`]), in a
+/// leak report naming the connection and where the frame was created. Data meant to
+/// outlive its connection should be [`detach`](Frame::detach)ed.
 pub struct Frame {
     bytes: BytesMut,
     owner: Option<Arc<ReadAllocation>>,

@@ -132,15 +132,24 @@ pub fn set_level(level: LeakDetection) {
 pub fn grace() -> Duration {
     match GRACE_MS.load(Ordering::Relaxed) {
         0 => {
-            let ms = std::env::var("TETHERNET_LEAK_GRACE_MS")
-                .ok()
-                .and_then(|ms| ms.trim().parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
-                .unwrap_or(DEFAULT_GRACE_MS);
+            let ms = env_millis("TETHERNET_LEAK_GRACE_MS").unwrap_or(DEFAULT_GRACE_MS);
             let _ = GRACE_MS.compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
             Duration::from_millis(ms)
         }
         ms => Duration::from_millis(ms),
+    }
+}
+
+/// A positive number of milliseconds from the environment variable `name`, if set (an
+/// unreadable value is logged and ignored).
+pub(crate) fn env_millis(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Some(ms),
+        _ => {
+            tracing::warn!(%value, "{name} ignored: expected a positive number of milliseconds");
+            None
+        }
     }
 }
 
