@@ -1,0 +1,232 @@
+//! Configuration: flags, environment (`TETHERNET_GATEWAY_*`) and an optional TOML file,
+//! in that order of precedence, over safe defaults (loopback addresses, SQLite and the
+//! in-process bus under `./tethernet-data`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+use tethernet::Overflow;
+
+/// Every setting, as flags (and environment variables); also the TOML file's keys
+/// (`tcp = "127.0.0.1:7000"`, `max_body = 4096`, ...).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TCP listener: 4-byte big-endian length-prefixed JSON frames [default: 127.0.0.1:7000]
+    #[arg(long, env = "TETHERNET_GATEWAY_TCP")]
+    pub tcp: Option<SocketAddr>,
+    /// WebSocket listener (upgrades on --ws-path; GET / serves a chat page) [default: 127.0.0.1:7001]
+    #[arg(long, env = "TETHERNET_GATEWAY_WS")]
+    pub ws: Option<SocketAddr>,
+    /// Path of the WebSocket endpoint [default: /ws]
+    #[arg(long, env = "TETHERNET_GATEWAY_WS_PATH")]
+    pub ws_path: Option<String>,
+    /// Admin server (metrics, /debug/*, dashboard); "off" to disable [default: 127.0.0.1:9100]
+    #[arg(long, env = "TETHERNET_GATEWAY_ADMIN")]
+    pub admin: Option<String>,
+    /// Where the SQLite database and the token secret live [default: ./tethernet-data]
+    #[arg(long, env = "TETHERNET_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data directory]
+    #[arg(long, env = "TETHERNET_GATEWAY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Bus URL: redis://HOST:PORT for a cluster of nodes [default: the in-process bus]
+    #[arg(long, env = "TETHERNET_GATEWAY_BUS_URL")]
+    pub bus_url: Option<String>,
+    /// Token secret (at least 16 bytes); every node of a cluster needs the same one
+    /// [default: generated once into DATA_DIR/secret]
+    #[arg(long, env = "TETHERNET_GATEWAY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// I/O threads [default: the number of cores]
+    #[arg(long, env = "TETHERNET_GATEWAY_IO_THREADS")]
+    pub io_threads: Option<usize>,
+    /// Threads of the business executor that runs sessions and database calls [default: 2]
+    #[arg(long, env = "TETHERNET_GATEWAY_EXECUTOR_THREADS")]
+    pub executor_threads: Option<usize>,
+    /// Most open connections per listener [default: 10000]
+    #[arg(long, env = "TETHERNET_GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest TCP frame or WebSocket message, in bytes [default: 65536]
+    #[arg(long, env = "TETHERNET_GATEWAY_MAX_FRAME")]
+    pub max_frame: Option<usize>,
+    /// Largest message body, in bytes [default: 4096]
+    #[arg(long, env = "TETHERNET_GATEWAY_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Rooms one connection may be in at once [default: 64]
+    #[arg(long, env = "TETHERNET_GATEWAY_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// Messages kept per room; older ones are pruned [default: 10000]
+    #[arg(long, env = "TETHERNET_GATEWAY_HISTORY_KEEP")]
+    pub history_keep: Option<i64>,
+    /// Days messages are kept (0: no limit) [default: 30]
+    #[arg(long, env = "TETHERNET_GATEWAY_HISTORY_DAYS")]
+    pub history_days: Option<i64>,
+    /// Database pool size [default: 8]
+    #[arg(long, env = "TETHERNET_GATEWAY_DB_POOL")]
+    pub db_pool: Option<u32>,
+    /// A member whose outbound queue is full: "close" (it reconnects and recovers from
+    /// history) or "drop-oldest" [default: close]
+    #[arg(long, env = "TETHERNET_GATEWAY_SLOW_MEMBER")]
+    pub slow_member: Option<String>,
+}
+
+macro_rules! merge {
+    ($flags:expr, $file:expr, $($field:ident),*) => {
+        Settings { $($field: $flags.$field.or($file.$field)),* }
+    };
+}
+
+impl Settings {
+    /// Flags and environment first, then the file.
+    pub fn or_file(self, file: Settings) -> Settings {
+        merge!(
+            self,
+            file,
+            tcp,
+            ws,
+            ws_path,
+            admin,
+            data_dir,
+            database_url,
+            bus_url,
+            secret,
+            io_threads,
+            executor_threads,
+            max_connections,
+            max_frame,
+            max_body,
+            max_rooms,
+            history_keep,
+            history_days,
+            db_pool,
+            slow_member
+        )
+    }
+
+    /// Reads a TOML file of settings.
+    pub fn from_file(path: &Path) -> Result<Settings, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./tethernet-data"))
+    }
+
+    /// The admin address, or `None` when turned off.
+    pub fn admin(&self) -> Result<Option<SocketAddr>, String> {
+        match self.admin.as_deref() {
+            None => Ok(Some("127.0.0.1:9100".parse().expect("a valid address"))),
+            Some("off" | "none" | "") => Ok(None),
+            Some(addr) => addr
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("--admin `{addr}`: {e} (an address, or `off`)")),
+        }
+    }
+
+    /// The slow-member policy.
+    pub fn slow_member(&self) -> Result<Overflow, String> {
+        match self.slow_member.as_deref().unwrap_or("close") {
+            "close" => Ok(Overflow::CloseSlowConsumer),
+            "drop-oldest" => Ok(Overflow::DropOldest),
+            other => Err(format!(
+                "--slow-member `{other}`: expected close or drop-oldest"
+            )),
+        }
+    }
+
+    /// The token secret: as configured, or read from (first created in) the data
+    /// directory.
+    pub fn secret(&self) -> Result<Vec<u8>, String> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.as_bytes().to_vec());
+        }
+        let dir = self.data_dir();
+        let path = dir.join("secret");
+        match std::fs::read_to_string(&path) {
+            Ok(secret) => Ok(secret.trim().as_bytes().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let mut rng = fastrand::Rng::new();
+                let secret: String = (0..32).map(|_| format!("{:02x}", rng.u8(..))).collect();
+                write_private(&path, &secret)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "generated a token secret");
+                Ok(secret.into_bytes())
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_in() {
+        let file: Settings =
+            toml::from_str("tcp = \"127.0.0.1:1\"\nmax_body = 10\nadmin = \"off\"").unwrap();
+        let flags = Settings {
+            tcp: Some("127.0.0.1:2".parse().unwrap()),
+            ..Settings::default()
+        };
+        let merged = flags.or_file(file);
+        assert_eq!(merged.tcp.unwrap().port(), 2);
+        assert_eq!(merged.max_body, Some(10));
+        assert_eq!(merged.admin().unwrap(), None);
+        assert!(toml::from_str::<Settings>("nonsense = 1").is_err());
+        assert!(Settings {
+            slow_member: Some("x".into()),
+            ..Settings::default()
+        }
+        .slow_member()
+        .is_err());
+    }
+
+    #[test]
+    fn the_secret_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: Some(dir.path().to_owned()),
+            ..Settings::default()
+        };
+        let first = settings.secret().unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(settings.secret().unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("secret"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! One gateway node: its rooms with local members, its store, its bus, its counters.
+//!
+//! A room exists on a node while it has local members. Its first local member subscribes
+//! the node to the room on the bus, its last one unsubscribes it: one subscription per
+//! room per node, never one per client. A message is stored, then published; every node
+//! subscribed to the room (this one included) delivers it to its local members through
+//! a [`ChannelGroup`], whose overflow policy handles members that do not keep up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tethernet::{Channel, ChannelGroup, MessageSize, Overflow};
+
+use crate::bus::Bus;
+use crate::protocol::{ChatMessage, ServerMessage};
+use crate::store::Store;
+use crate::token::Signer;
+
+/// What the gateway writes to a connection: JSON text shared by every member it goes to,
+/// or a transport's own frames (WebSocket control frames, the HTTP handshake).
+#[derive(Debug, Clone)]
+pub enum Out {
+    /// One JSON message.
+    Json(Arc<str>),
+    /// A WebSocket frame or HTTP response (WebSocket transport only).
+    Ws(crate::websocket::WsOut),
+}
+
+impl Out {
+    /// A server message as JSON.
+    pub fn msg(message: &ServerMessage) -> Out {
+        Out::Json(message.to_json().into())
+    }
+}
+
+impl MessageSize for Out {
+    fn message_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match self {
+                // Counted in full for every member it is queued for (see `Arc<str>`).
+                Out::Json(text) => text.len(),
+                Out::Ws(frame) => crate::transport::ws_size(frame),
+            }
+    }
+}
+
+/// Limits of a node, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+    /// Most messages replayed for a `join` with `since` (older ones: `history`).
+    pub max_replay: u32,
+    /// What a room does with a member whose outbound queue is full.
+    pub slow_member: Overflow,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 4096,
+            max_rooms_per_connection: 64,
+            max_replay: 1000,
+            slow_member: Overflow::CloseSlowConsumer,
+        }
+    }
+}
+
+/// Live counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages stored and published by this node.
+    pub published: AtomicU64,
+    /// Message deliveries queued for local members.
+    pub delivered: AtomicU64,
+    /// Deliveries dropped or refused (slow members).
+    pub dropped: AtomicU64,
+    /// Gap notices sent after a bus interruption, plus `join`s with `since` replayed.
+    pub recoveries: AtomicU64,
+}
+
+/// A room with local members.
+pub struct Room {
+    name: String,
+    members: ChannelGroup<Out>,
+    /// The newest sequence number delivered here (for gap notices).
+    last_delivered: AtomicI64,
+}
+
+/// The shared state of a node.
+pub struct Node {
+    /// Message storage.
+    pub store: Store,
+    /// Token checks.
+    pub signer: Signer,
+    /// How messages reach other nodes.
+    pub bus: Bus,
+    /// Limits.
+    pub limits: Limits,
+    /// Counters.
+    pub counters: Counters,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+}
+
+/// A connection's membership of a room: dropping it leaves the room (and, for the last
+/// local member, unsubscribes the node). Tethered to the connection, so it cannot
+/// outlive it.
+pub struct Membership {
+    node: Weak<Node>,
+    room: Arc<Room>,
+    channel: tethernet::ChannelId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.room.members.remove(self.channel);
+        if let Some(node) = self.node.upgrade() {
+            node.release_room(&self.room);
+        }
+    }
+}
+
+impl Node {
+    /// A node over `store`, `signer` and `bus`.
+    pub fn new(store: Store, signer: Signer, bus: Bus, limits: Limits) -> Arc<Node> {
+        Arc::new(Node {
+            store,
+            signer,
+            bus,
+            limits,
+            counters: Counters::default(),
+            rooms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rooms with local members.
+    pub fn rooms_active(&self) -> usize {
+        self.rooms().len()
+    }
+
+    /// Adds `channel` to `room`; the first local member subscribes the node.
+    pub fn join(self: &Arc<Self>, room: &str, channel: &Channel<Out>) -> Membership {
+        let (room, first) = {
+            let mut rooms = self.rooms();
+            match rooms.get(room) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    let created = Arc::new(Room {
+                        name: room.to_owned(),
+                        members: ChannelGroup::new(room, self.limits.slow_member),
+                        last_delivered: AtomicI64::new(0),
+                    });
+                    rooms.insert(room.to_owned(), created.clone());
+                    (created, true)
+                }
+            }
+        };
+        room.members.add(channel);
+        if first {
+            self.bus.subscribe(&room.name);
+        }
+        Membership {
+            node: Arc::downgrade(self),
+            room,
+            channel: channel.id(),
+        }
+    }
+
+    /// Forgets `room` when its last local member has gone.
+    fn release_room(&self, room: &Arc<Room>) {
+        let removed = {
+            let mut rooms = self.rooms();
+            match rooms.get(&room.name) {
+                Some(current) if Arc::ptr_eq(current, room) && current.members.is_empty() => {
+                    rooms.remove(&room.name)
+                }
+                _ => None,
+            }
+        };
+        if let Some(room) = removed {
+            self.bus.unsubscribe(&room.name);
+        }
+    }
+
+    /// Delivers a message from the bus to the room's local members.
+    pub fn deliver(&self, message: &ChatMessage) {
+        let Some(room) = self.rooms().get(&message.room).cloned() else {
+            return;
+        };
+        room.last_delivered
+            .fetch_max(message.seq, Ordering::Relaxed);
+        let out = Out::msg(&ServerMessage::Message(message.clone()));
+        let report = room.members.broadcast(out);
+        self.counters
+            .delivered
+            .fetch_add(report.queued as u64, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(
+            (report.dropped + report.dropped_oldest + report.closed_slow) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Tells the local members of every room that messages may have been missed (the bus
+    /// was interrupted); they recover them from the store by sequence number.
+    pub fn announce_gap(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        for room in rooms {
+            let after = room.last_delivered.load(Ordering::Relaxed);
+            let notice = Out::msg(&ServerMessage::Gap {
+                room: room.name.clone(),
+                after,
+            });
+            let report = room.members.broadcast(notice);
+            self.counters
+                .recoveries
+                .fetch_add(report.queued as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores and publishes a message; returns it and whether it was a retry.
+    pub async fn post(
+        &self,
+        room: &str,
+        sender: &str,
+        body: &str,
+        client_id: Option<&str>,
+    ) -> Result<(ChatMessage, bool), crate::store::StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let (message, duplicate) = self
+            .store
+            .append(room, sender, body, client_id, now)
+            .await?;
+        if !duplicate {
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+            self.bus.publish(self, &message).await;
+        }
+        Ok((message, duplicate))
+    }
+
+    /// Prometheus lines for the gateway's own metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let (size, idle) = self.store.pool_stats();
+        metric(
+            "gateway_rooms_active",
+            "gauge",
+            "Rooms with members on this node.",
+            self.rooms_active() as u64,
+        );
+        metric(
+            "gateway_bus_subscriptions",
+            "gauge",
+            "Bus subscriptions held by this node (one per active room).",
+            self.bus.subscriptions() as u64,
+        );
+        metric(
+            "gateway_messages_published_total",
+            "counter",
+            "Messages stored and published by this node.",
+            self.counters.published.load(Ordering::Relaxed),
+        );
+        metric(
+            "gateway_messages_delivered_total",
+            "counter",
+            "Message deliveries queued for local members.",
+            self.counters.delivered.load(Ordering::Relaxed),
+        );
+        metric(
+            "gateway_messages_dropped_total",
+            "counter",
+            "Deliveries dropped for members that did not keep up.",
+            self.counters.dropped.load(Ordering::Relaxed),
+        );
+        metric(
+            "gateway_recoveries_total",
+            "counter",
+            "Gap notices sent after bus interruptions and joins replayed from a sequence number.",
+            self.counters.recoveries.load(Ordering::Relaxed),
+        );
+        metric(
+            "gateway_bus_reconnects_total",
+            "counter",
+            "Times the bus connection was re-established.",
+            self.bus.reconnects(),
+        );
+        metric(
+            "gateway_db_pool_connections",
+            "gauge",
+            "Database pool connections open.",
+            u64::from(size),
+        );
+        metric(
+            "gateway_db_pool_idle",
+            "gauge",
+            "Database pool connections idle.",
+            idle as u64,
+        );
+        metric(
+            "gateway_db_pool_in_use",
+            "gauge",
+            "Database pool connections in use.",
+            u64::from(size).saturating_sub(idle as u64),
+        );
+    }
+}
