@@ -189,9 +189,10 @@ async function openPage(name, token, viaFragment) {
       .waitForFunction(
         () => {
           if (document.body.dataset.joined === "true") return "joined";
-          const bad = [...document.querySelectorAll("#log .err, #log .sys")].map((d) => d.textContent);
-          const err = bad.find((t, i) => document.querySelectorAll("#log .err, #log .sys")[i].classList.contains("err") || t === "disconnected");
-          return err ? `error: ${err}` : false;
+          const bad = [...document.querySelectorAll("#log > div")].find(
+            (d) => d.classList.contains("err") || (d.classList.contains("sys") && d.textContent === "disconnected"),
+          );
+          return bad ? `error: ${bad.textContent}` : false;
         },
         null,
         { timeout: STEP_MS, polling: 100 },

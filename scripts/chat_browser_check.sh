@@ -30,7 +30,7 @@ repo_dir="$(cd "$script_dir/.." && pwd)"
 start_s=$SECONDS
 
 say() { echo "[chat_browser_check] $*"; }
-die() { echo "[chat_browser_check] error: $*" >&2; exit "${2:-2}"; }
+die() { echo "[chat_browser_check] error: $1" >&2; exit "${2:-2}"; }  # die MESSAGE [EXIT_CODE]
 
 if [[ $# -gt 1 || "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     echo "usage: $0 [GATEWAY_BINARY]   (default: $repo_dir/target/debug/tethernet-gateway)" >&2
@@ -128,7 +128,7 @@ for attempt in 1 2 3; do
     read -r tcp_port ws_port < <(free_ports)
     [[ -n "$ws_port" ]] || die "could not find free loopback ports"
     say "starting $gateway (TCP 127.0.0.1:$tcp_port, WebSocket 127.0.0.1:$ws_port, data dir $data_dir)"
-    "$gateway" --tcp "127.0.0.1:$tcp_port" --ws "127.0.0.1:$ws_port" --admin off --data-dir "$data_dir" \
+    NO_COLOR=1 "$gateway" --tcp "127.0.0.1:$tcp_port" --ws "127.0.0.1:$ws_port" --admin off --data-dir "$data_dir" \
         >"$workdir/gateway.log" 2>&1 </dev/null &
     gateway_pid=$!
     up=""
@@ -149,9 +149,15 @@ for attempt in 1 2 3; do
     fi
     die "the gateway exited with status $rc before accepting connections"
 done
-say "gateway up (pid $gateway_pid) after $((SECONDS - start_s))s"
+# The listeners accept connections as soon as they are bound, a moment before
+# the banner is printed; give the banner up to 2 more seconds.
+for _ in $(seq 1 20); do
+    grep -q "tethernet-gateway is up" "$workdir/gateway.log" && break
+    sleep 0.1
+done
 grep -q "tethernet-gateway is up" "$workdir/gateway.log" ||
     say "warning: the gateway accepts connections but has not printed \"tethernet-gateway is up\""
+say "gateway up (pid $gateway_pid) after $((SECONDS - start_s))s"
 
 # --- tokens -----------------------------------------------------------------
 mint() {

@@ -45,6 +45,7 @@ async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
         .await;
     assert_eq!(ada.expect("ack").await["seq"], 1);
     let got = bob.expect("message").await;
+    println!("node B delivered, from node A: {got}");
     assert_eq!(
         (got["body"].as_str(), got["sender"].as_str()),
         (Some("over the bus"), Some("ada"))
@@ -60,6 +61,7 @@ async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
     // Redis comes back on the same port: the nodes resubscribe and announce the gap.
     let _redis = PrivateRedis::start(port);
     let gap = bob.expect("gap").await;
+    println!("after the Redis restart, node B told Bob: {gap}");
     assert_eq!(gap["room"], "lobby");
     let after = gap["after"].as_i64().unwrap();
     assert_eq!(after, 1, "Bob's node had delivered #1 before the outage");
@@ -73,6 +75,7 @@ async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
             recovered.push(message["body"].as_str().unwrap().to_owned());
         }
     }
+    println!("Bob recovered from the store: {recovered:?}");
     assert_eq!(recovered, ["during 1", "during 2", "during 3"]);
     eventually("both nodes resubscribed", || {
         a.node.bus.subscriptions() == 1 && b.node.bus.subscriptions() == 1
@@ -100,6 +103,12 @@ async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
         .iter()
         .map(|m| m["seq"].as_i64().unwrap())
         .collect();
+    println!(
+        "history: {seqs:?}; node B reconnects: {}; subscriptions A/B: {}/{}",
+        b.node.bus.reconnects(),
+        a.node.bus.subscriptions(),
+        b.node.bus.subscriptions()
+    );
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
 
     drop((ada, bob));
