@@ -44,12 +44,20 @@ command -v node >/dev/null 2>&1 || die "node not found (Node.js 18+ is needed)"
 
 # --- a private temp dir, and cleanup of everything we start ---------------
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/chat-browser-check.XXXXXX")"
+
+# alive PID: the process runs (kill -0 alone also succeeds for a zombie, i.e. a
+# child that exited but has not been waited for).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    [[ -r "/proc/$1/stat" ]] || return 0
+    [[ "$(sed -E 's/.*\) (.).*/\1/' "/proc/$1/stat" 2>/dev/null)" != Z ]]
+}
 gateway_pid=""
 stop_gateway() {
-    if [[ -n "$gateway_pid" ]] && kill -0 "$gateway_pid" 2>/dev/null; then
+    if [[ -n "$gateway_pid" ]] && alive "$gateway_pid"; then
         kill -TERM "$gateway_pid" 2>/dev/null || true
         for _ in $(seq 1 30); do
-            kill -0 "$gateway_pid" 2>/dev/null || break
+            alive "$gateway_pid" || break
             sleep 0.1
         done
         kill -KILL "$gateway_pid" 2>/dev/null || true
@@ -57,8 +65,14 @@ stop_gateway() {
     if [[ -n "$gateway_pid" ]]; then wait "$gateway_pid" 2>/dev/null || true; fi
     gateway_pid=""
 }
+check_pid=""
 cleanup() {
     local rc=$?
+    if [[ -n "$check_pid" ]]; then
+        # `timeout` passes the TERM on to node, which closes the browser.
+        kill -TERM "$check_pid" 2>/dev/null || true
+        wait "$check_pid" 2>/dev/null || true
+    fi
     stop_gateway
     if [[ $rc -ne 0 || "${KEEP_LOGS:-}" == 1 ]] && [[ -s "$workdir/gateway.log" ]]; then
         echo "--- gateway log (last 40 lines):" >&2
@@ -119,7 +133,18 @@ free_ports() { # prints two distinct free loopback TCP ports
         Promise.all([open(), open()]).then((ss) => { console.log(ss.map((s) => s.address().port).join(" ")); ss.forEach((s) => s.close()); });
     '
 }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# http_up PORT: GET / on the port answers with an HTTP status. (A bare TCP
+# connect is not enough: while nothing listens on a port of the ephemeral
+# range, connecting to it can "succeed" by connecting to itself.)
+http_up() {
+    node -e '
+        const req = require("http").get({ host: "127.0.0.1", port: +process.argv[1], path: "/", timeout: 1000 }, (res) => {
+            res.resume(); process.exit(res.statusCode > 0 ? 0 : 1);
+        });
+        req.on("timeout", () => req.destroy(new Error("timeout")));
+        req.on("error", () => process.exit(1));
+    ' "$1" 2>/dev/null
+}
 
 data_dir="$workdir/data"
 mkdir -p "$data_dir"
@@ -134,12 +159,12 @@ for attempt in 1 2 3; do
     up=""
     deadline=$((SECONDS + 20))
     while ((SECONDS < deadline)); do
-        if ! kill -0 "$gateway_pid" 2>/dev/null; then break; fi
-        if port_open "$ws_port"; then up=1; break; fi
-        sleep 0.1
+        if ! alive "$gateway_pid"; then break; fi
+        if http_up "$ws_port"; then up=1; break; fi
+        sleep 0.2
     done
     [[ -n "$up" ]] && break
-    if kill -0 "$gateway_pid" 2>/dev/null; then
+    if alive "$gateway_pid"; then
         die "the gateway did not accept connections on 127.0.0.1:$ws_port within 20s"
     fi
     rc=0; wait "$gateway_pid" || rc=$?; gateway_pid=""
@@ -162,7 +187,7 @@ say "gateway up (pid $gateway_pid) after $((SECONDS - start_s))s"
 # --- tokens -----------------------------------------------------------------
 mint() {
     local tok
-    tok="$("$gateway" --data-dir "$data_dir" token --user "$1" --rooms lobby 2>"$workdir/token-$1.err")" ||
+    tok="$(timeout -k 2 15 "$gateway" --data-dir "$data_dir" token --user "$1" --rooms lobby 2>"$workdir/token-$1.err")" ||
         { cat "$workdir/token-$1.err" >&2; die "minting a token for $1 failed"; }
     tok="$(printf '%s' "$tok" | tr -d '[:space:]')"
     [[ -n "$tok" ]] || die "minting a token for $1 printed nothing"
@@ -173,15 +198,21 @@ token_bob="$(mint bob)"
 say "minted tokens for alice and bob (room lobby)"
 
 # --- the browser check ------------------------------------------------------
-rc=0
+# In the background + wait, so that a signal to this script runs the cleanup
+# at once instead of after node has finished.
 timeout -k 5 70 node "$script_dir/chat_browser_check.mjs" \
-    "http://127.0.0.1:$ws_port/" "$token_alice" "$token_bob" ${SCREENSHOT:+"$SCREENSHOT"} || rc=$?
+    "http://127.0.0.1:$ws_port/" "$token_alice" "$token_bob" ${SCREENSHOT:+"$SCREENSHOT"} &
+check_pid=$!
+rc=0
+wait "$check_pid" || rc=$?
+check_pid=""
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
     die "the browser check was killed after 70s" 1
 elif [[ $rc -ne 0 ]]; then
+    alive "$gateway_pid" || say "note: the gateway (pid $gateway_pid) is no longer running"
     die "the browser check failed (exit status $rc)" "$rc"
 fi
-if ! kill -0 "$gateway_pid" 2>/dev/null; then
+if ! alive "$gateway_pid"; then
     die "the gateway died during the check" 1
 fi
 say "ok: chat browser check passed in $((SECONDS - start_s))s"

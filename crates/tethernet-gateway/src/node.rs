@@ -148,26 +148,27 @@ impl Node {
     }
 
     /// Adds `channel` to `room`; the first local member subscribes the node.
+    ///
+    /// Membership and subscription change under the rooms lock, so a join racing with
+    /// the last member's leave on another thread either keeps the room or makes a new one
+    /// (and a subscription wanted for it), never a member in a room the node forgot.
     pub fn join(self: &Arc<Self>, room: &str, channel: &Channel<Out>) -> Membership {
-        let (room, first) = {
-            let mut rooms = self.rooms();
-            match rooms.get(room) {
-                Some(existing) => (existing.clone(), false),
-                None => {
-                    let created = Arc::new(Room {
-                        name: room.to_owned(),
-                        members: ChannelGroup::new(room, self.limits.slow_member),
-                        last_delivered: AtomicI64::new(0),
-                    });
-                    rooms.insert(room.to_owned(), created.clone());
-                    (created, true)
-                }
+        let mut rooms = self.rooms();
+        let room = match rooms.get(room) {
+            Some(existing) => existing.clone(),
+            None => {
+                let created = Arc::new(Room {
+                    name: room.to_owned(),
+                    members: ChannelGroup::new(room, self.limits.slow_member),
+                    last_delivered: AtomicI64::new(0),
+                });
+                rooms.insert(room.to_owned(), created.clone());
+                self.bus.subscribe(room);
+                created
             }
         };
         room.members.add(channel);
-        if first {
-            self.bus.subscribe(&room.name);
-        }
+        drop(rooms);
         Membership {
             node: Arc::downgrade(self),
             room,
@@ -177,17 +178,12 @@ impl Node {
 
     /// Forgets `room` when its last local member has gone.
     fn release_room(&self, room: &Arc<Room>) {
-        let removed = {
-            let mut rooms = self.rooms();
-            match rooms.get(&room.name) {
-                Some(current) if Arc::ptr_eq(current, room) && current.members.is_empty() => {
-                    rooms.remove(&room.name)
-                }
-                _ => None,
+        let mut rooms = self.rooms();
+        if let Some(current) = rooms.get(&room.name) {
+            if Arc::ptr_eq(current, room) && current.members.is_empty() {
+                rooms.remove(&room.name);
+                self.bus.unsubscribe(&room.name);
             }
-        };
-        if let Some(room) = removed {
-            self.bus.unsubscribe(&room.name);
         }
     }
 
