@@ -42,17 +42,33 @@ enum Kind {
 /// What the node and the subscriber task share.
 pub struct RedisShared {
     client: redis::Client,
-    publisher: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// A multiplexed connection, cloned by each publish (never held across an await).
+    publisher: Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// The rooms this node wants to be subscribed to.
     wanted: Mutex<HashSet<String>>,
     changed: Notify,
+    /// The rooms Redis has confirmed subscriptions for.
+    confirmed: Mutex<HashSet<String>>,
+    confirmed_changed: Notify,
+}
+
+/// How long a publish, or a connection for one, may take before Redis counts as down.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RedisShared {
     fn wanted(&self) -> MutexGuard<'_, HashSet<String>> {
-        self.wanted
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.wanted)
+    }
+
+    fn set_confirmed(&self, update: impl FnOnce(&mut HashSet<String>)) {
+        update(&mut lock(&self.confirmed));
+        self.confirmed_changed.notify_waiters();
     }
 }
 
@@ -74,9 +90,11 @@ impl Bus {
         Ok(Bus {
             kind: Kind::Redis(Arc::new(RedisShared {
                 client,
-                publisher: tokio::sync::Mutex::new(Some(publisher)),
+                publisher: Mutex::new(Some(publisher)),
                 wanted: Mutex::new(HashSet::new()),
                 changed: Notify::new(),
+                confirmed: Mutex::new(HashSet::new()),
+                confirmed_changed: Notify::new(),
             })),
             subscriptions: AtomicUsize::new(0),
             reconnects: AtomicU64::new(0),
@@ -117,6 +135,27 @@ impl Bus {
         }
     }
 
+    /// Waits (at most `limit`) until the node's subscription to `room` is in place, so
+    /// that a client told it has joined receives every message published from then on.
+    /// False if it was not confirmed in time (Redis down: the gap is announced later).
+    pub async fn wait_subscribed(&self, room: &str, limit: Duration) -> bool {
+        let Kind::Redis(shared) = &self.kind else {
+            return true;
+        };
+        let wait = async {
+            loop {
+                let notified = shared.confirmed_changed.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if lock(&shared.confirmed).contains(room) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
     /// Subscriptions held now.
     pub fn subscriptions(&self) -> usize {
         self.subscriptions.load(Ordering::Relaxed)
@@ -137,32 +176,49 @@ impl Bus {
         };
         let payload = serde_json::to_string(message).expect("messages serialize");
         let channel = format!("{CHANNEL_PREFIX}{}", message.room);
-        let mut publisher = shared.publisher.lock().await;
-        // One attempt on the connection held, one more on a fresh connection.
+        // One attempt on the connection held, one more on a fresh connection; each
+        // bounded in time, so a hung Redis cannot stall the node's senders.
         for attempt in 0..2 {
-            if publisher.is_none() {
-                *publisher = shared.client.get_multiplexed_async_connection().await.ok();
-            }
-            let Some(connection) = publisher.as_mut() else {
+            let held = lock(&shared.publisher).clone();
+            let connection = match held {
+                Some(connection) => Some(connection),
+                None => tokio::time::timeout(
+                    REDIS_TIMEOUT,
+                    shared.client.get_multiplexed_async_connection(),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok),
+            };
+            let Some(mut connection) = connection else {
                 continue;
             };
-            match redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(&payload)
-                .query_async::<i64>(connection)
-                .await
-            {
-                Ok(_) => return,
-                Err(error) => {
+            let published = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&payload)
+                    .query_async::<i64>(&mut connection),
+            )
+            .await;
+            match published {
+                Ok(Ok(_)) => {
+                    *lock(&shared.publisher) = Some(connection);
+                    return;
+                }
+                Ok(Err(error)) => {
                     tracing::warn!(%error, attempt, room = %message.room, "publishing to Redis failed");
-                    *publisher = None;
+                }
+                Err(_) => {
+                    tracing::warn!(attempt, room = %message.room, "publishing to Redis timed out");
                 }
             }
+            *lock(&shared.publisher) = None;
         }
-        drop(publisher);
-        // Redis is down: this node's members still get the message; other nodes' members
-        // are told of the gap when their subscriber reconnects.
-        node.deliver(message);
+        // Redis is down: this node's members still get the message (without moving the
+        // mark gap notices start from); other nodes' members are told of the gap when
+        // their subscriber reconnects.
+        node.deliver_local(message);
     }
 }
 
@@ -197,6 +253,7 @@ pub async fn run_subscriber(node: Arc<Node>, stop: impl std::future::Future<Outp
         backoff = Duration::from_millis(100);
         let mut subscribed: HashSet<String> = HashSet::new();
         node.bus.subscriptions.store(0, Ordering::Relaxed);
+        shared.set_confirmed(HashSet::clear);
         if connected_before {
             node.bus.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!("reconnected to Redis; resubscribing and announcing the gap");
@@ -240,6 +297,9 @@ async fn reconcile(
             tracing::warn!(%error, %room, "Redis SUBSCRIBE failed");
             return false;
         }
+        shared.set_confirmed(|confirmed| {
+            confirmed.insert(room.clone());
+        });
         subscribed.insert(room);
     }
     for room in remove {
@@ -247,6 +307,9 @@ async fn reconcile(
             tracing::warn!(%error, %room, "Redis UNSUBSCRIBE failed");
             return false;
         }
+        shared.set_confirmed(|confirmed| {
+            confirmed.remove(&room);
+        });
         subscribed.remove(&room);
     }
     node.bus

@@ -15,60 +15,75 @@ use tethernet::Overflow;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// TCP listener: 4-byte big-endian length-prefixed JSON frames [default: 127.0.0.1:7000]
-    #[arg(long, env = "TETHERNET_GATEWAY_TCP")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_TCP")]
     pub tcp: Option<SocketAddr>,
     /// WebSocket listener (upgrades on --ws-path; GET / serves a chat page) [default: 127.0.0.1:7001]
-    #[arg(long, env = "TETHERNET_GATEWAY_WS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_WS")]
     pub ws: Option<SocketAddr>,
     /// Path of the WebSocket endpoint [default: /ws]
-    #[arg(long, env = "TETHERNET_GATEWAY_WS_PATH")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_WS_PATH")]
     pub ws_path: Option<String>,
     /// Admin server (metrics, /debug/*, dashboard); "off" to disable [default: 127.0.0.1:9100]
-    #[arg(long, env = "TETHERNET_GATEWAY_ADMIN")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_ADMIN")]
     pub admin: Option<String>,
     /// Where the SQLite database and the token secret live [default: ./tethernet-data]
-    #[arg(long, env = "TETHERNET_GATEWAY_DATA_DIR")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data directory]
-    #[arg(long, env = "TETHERNET_GATEWAY_DATABASE_URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Bus URL: redis://HOST:PORT for a cluster of nodes [default: the in-process bus]
-    #[arg(long, env = "TETHERNET_GATEWAY_BUS_URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_BUS_URL",
+        hide_env_values = true
+    )]
     pub bus_url: Option<String>,
     /// Token secret (at least 16 bytes); every node of a cluster needs the same one
     /// [default: generated once into DATA_DIR/secret]
-    #[arg(long, env = "TETHERNET_GATEWAY_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
     /// I/O threads [default: the number of cores]
-    #[arg(long, env = "TETHERNET_GATEWAY_IO_THREADS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_IO_THREADS")]
     pub io_threads: Option<usize>,
     /// Threads of the business executor that runs sessions and database calls [default: 2]
-    #[arg(long, env = "TETHERNET_GATEWAY_EXECUTOR_THREADS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_EXECUTOR_THREADS")]
     pub executor_threads: Option<usize>,
     /// Most open connections per listener [default: 10000]
-    #[arg(long, env = "TETHERNET_GATEWAY_MAX_CONNECTIONS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Largest TCP frame or WebSocket message, in bytes [default: 65536]
-    #[arg(long, env = "TETHERNET_GATEWAY_MAX_FRAME")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_MAX_FRAME")]
     pub max_frame: Option<usize>,
     /// Largest message body, in bytes [default: 4096]
-    #[arg(long, env = "TETHERNET_GATEWAY_MAX_BODY")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_MAX_BODY")]
     pub max_body: Option<usize>,
     /// Rooms one connection may be in at once [default: 64]
-    #[arg(long, env = "TETHERNET_GATEWAY_MAX_ROOMS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
     /// Messages kept per room; older ones are pruned [default: 10000]
-    #[arg(long, env = "TETHERNET_GATEWAY_HISTORY_KEEP")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_HISTORY_KEEP")]
     pub history_keep: Option<i64>,
     /// Days messages are kept (0: no limit) [default: 30]
-    #[arg(long, env = "TETHERNET_GATEWAY_HISTORY_DAYS")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_HISTORY_DAYS")]
     pub history_days: Option<i64>,
     /// Database pool size [default: 8]
-    #[arg(long, env = "TETHERNET_GATEWAY_DB_POOL")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_DB_POOL")]
     pub db_pool: Option<u32>,
     /// A member whose outbound queue is full: "close" (it reconnects and recovers from
     /// history) or "drop-oldest" [default: close]
-    #[arg(long, env = "TETHERNET_GATEWAY_SLOW_MEMBER")]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_SLOW_MEMBER")]
     pub slow_member: Option<String>,
 }
 
@@ -151,12 +166,19 @@ impl Settings {
         let dir = self.data_dir();
         let path = dir.join("secret");
         match std::fs::read_to_string(&path) {
-            Ok(secret) => Ok(secret.trim().as_bytes().to_vec()),
+            Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().as_bytes().to_vec()),
+            Ok(_) => Err(format!(
+                "{} is empty: delete it to generate a new secret (tokens minted before stop working)",
+                path.display()
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                let mut rng = fastrand::Rng::new();
-                let secret: String = (0..32).map(|_| format!("{:02x}", rng.u8(..))).collect();
+                // From the operating system's CSPRNG: the secret signs every login.
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| format!("cannot get random bytes for the secret: {e}"))?;
+                let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 write_private(&path, &secret)
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 tracing::info!(path = %path.display(), "generated a token secret");

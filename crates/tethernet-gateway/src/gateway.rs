@@ -120,8 +120,8 @@ impl Gateway {
                 .unwrap_or_else(|| "/ws".into())
                 .into(),
             max_frame: settings.max_frame.unwrap_or(64 * 1024),
-            history_keep: settings.history_keep.unwrap_or(10_000),
-            history_max_age_ms: history_days.max(0) * 24 * 3600 * 1000,
+            history_keep: settings.history_keep.unwrap_or(10_000).max(1),
+            history_max_age_ms: history_days.clamp(0, 100 * 365) * 24 * 3600 * 1000,
         })
     }
 

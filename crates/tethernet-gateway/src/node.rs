@@ -189,11 +189,23 @@ impl Node {
 
     /// Delivers a message from the bus to the room's local members.
     pub fn deliver(&self, message: &ChatMessage) {
+        self.deliver_inner(message, true);
+    }
+
+    /// Delivers a message this node stored to its own members while the bus is down;
+    /// the mark gap notices start from stays where the bus left it.
+    pub fn deliver_local(&self, message: &ChatMessage) {
+        self.deliver_inner(message, false);
+    }
+
+    fn deliver_inner(&self, message: &ChatMessage, from_bus: bool) {
         let Some(room) = self.rooms().get(&message.room).cloned() else {
             return;
         };
-        room.last_delivered
-            .fetch_max(message.seq, Ordering::Relaxed);
+        if from_bus {
+            room.last_delivered
+                .fetch_max(message.seq, Ordering::Relaxed);
+        }
         let out = Out::msg(&ServerMessage::Message(message.clone()));
         let report = room.members.broadcast(out);
         self.counters

@@ -57,6 +57,20 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<serde_json::Value>,
     },
+    /// (Made by the transport, never sent by clients.) A frame that was not a valid
+    /// message: answered with `bad_request` in its place among the replies.
+    #[serde(skip)]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// (Made by the WebSocket transport.) The peer sent a close frame: the close is
+    /// answered after every request before it.
+    #[serde(skip)]
+    Closing {
+        /// The peer's close code.
+        code: u16,
+    },
 }
 
 /// Measured for the executor queue's byte cap: the message and the strings it owns.
@@ -77,8 +91,11 @@ impl tethernet::MessageSize for ClientMessage {
                         + body.capacity()
                         + client_id.as_ref().map_or(0, String::capacity)
                 }
-                // A ping id is small JSON; counted by its text length.
-                ClientMessage::Ping { id } => id.as_ref().map_or(0, |id| id.to_string().len()),
+                // A ping id is arbitrary JSON: counted generously (a parsed value takes
+                // far more memory than its text).
+                ClientMessage::Ping { id } => id.as_ref().map_or(0, |id| 16 * id.to_string().len()),
+                ClientMessage::Invalid { reason } => reason.capacity(),
+                ClientMessage::Closing { .. } => 0,
             }
     }
 }

@@ -13,6 +13,9 @@ use crate::token::{self, Claims, TokenError};
 /// Most messages in one history page.
 pub const MAX_HISTORY_PAGE: u32 = 200;
 
+/// How long a join waits for the node's bus subscription to the room.
+const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The session handler (one per connection).
 pub struct Session {
     node: Arc<Node>,
@@ -97,7 +100,8 @@ impl Handler<ClientMessage, Out> for Session {
                 if let Err((code, message)) = self.check_room(&room) {
                     return fail(ctx, code, message).await;
                 }
-                if !self.rooms.contains_key(&room) {
+                let newly_joined = !self.rooms.contains_key(&room);
+                if newly_joined {
                     if self.rooms.len() >= self.node.limits.max_rooms_per_connection {
                         return fail(
                             ctx,
@@ -109,10 +113,23 @@ impl Handler<ClientMessage, Out> for Session {
                     let membership = self.node.join(&room, ctx.channel());
                     let key = ctx.tether(membership)?;
                     self.rooms.insert(room.clone(), key);
+                    // Joined means every message published from now on reaches this
+                    // client: wait for the node's bus subscription (Redis) to be in place.
+                    if !self.node.bus.wait_subscribed(&room, SUBSCRIBE_WAIT).await {
+                        tracing::warn!(%room, "the bus subscription is not confirmed yet; a gap notice follows when it is");
+                    }
                 }
                 let latest = match self.node.store.latest(&room).await {
                     Ok(latest) => latest,
-                    Err(error) => return self.unavailable(ctx, error).await,
+                    Err(error) => {
+                        // Not joined after all.
+                        if newly_joined {
+                            if let Some(key) = self.rooms.remove(&room) {
+                                ctx.channel().untether(key);
+                            }
+                        }
+                        return self.unavailable(ctx, error).await;
+                    }
                 };
                 reply(
                     ctx,
@@ -225,6 +242,19 @@ impl Handler<ClientMessage, Out> for Session {
                 }
             }
             ClientMessage::Ping { id } => reply(ctx, ServerMessage::Pong { id }).await,
+            ClientMessage::Invalid { reason } => fail(ctx, ErrorCode::BadRequest, reason).await,
+            ClientMessage::Closing { code } => {
+                // Echo the peer's code when it is one a peer may send.
+                let code = if matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
+                    code
+                } else {
+                    1000
+                };
+                ctx.write(Out::Ws(crate::websocket::WsOut::Close(code, String::new())))
+                    .await?;
+                ctx.close();
+                Ok(())
+            }
         }
     }
 }

@@ -165,26 +165,33 @@ impl Store {
         ))
     }
 
+    /// Applies the embedded migrations in one transaction. On PostgreSQL an advisory
+    /// lock serialises nodes starting at once against a fresh database (concurrent
+    /// `CREATE TABLE IF NOT EXISTS` is not safe there); SQLite's write lock does the same.
     async fn migrate(&self) -> Result<(), StoreError> {
+        let postgres = matches!(self.pool, Pool::Postgres(_));
         with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock(727100501)").execute(&mut *tx).await?;
+            }
             sqlx::query("CREATE TABLE IF NOT EXISTS gateway_schema (version BIGINT NOT NULL)")
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
             let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM gateway_schema")
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await?;
             for (version, sql) in MIGRATIONS {
                 if current.is_some_and(|c| c >= *version) {
                     continue;
                 }
-                let mut tx = pool.begin().await?;
                 for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                     sqlx::query(statement).execute(&mut *tx).await?;
                 }
                 sqlx::query(&self.sql_insert_version()).bind(*version).execute(&mut *tx).await?;
-                tx.commit().await?;
                 tracing::info!(version, "database schema migrated");
             }
+            tx.commit().await?;
             Ok(())
         })
     }

@@ -17,7 +17,7 @@ use tethernet::{Context, Error, Executor, Frame, Handler, Pipeline, Result};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::node::{Node, Out};
-use crate::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use crate::protocol::ClientMessage;
 use crate::session::Session;
 use crate::websocket::{WebSocketCodec, WsError, WsIn, WsOut};
 
@@ -79,21 +79,16 @@ impl Handler<Frame, Out> for JsonFrames {
         ctx: &mut Context<'_, ClientMessage, Out>,
         frame: Frame,
     ) -> Result<()> {
-        match serde_json::from_slice::<ClientMessage>(&frame) {
-            Ok(message) => {
-                ctx.fire_read(message);
-                Ok(())
-            }
-            Err(error) => ctx.write(bad_request(&error)).await,
-        }
+        ctx.fire_read(parse(serde_json::from_slice::<ClientMessage>(&frame)));
+        Ok(())
     }
 }
 
-fn bad_request(error: &serde_json::Error) -> Out {
-    Out::msg(&ServerMessage::error(
-        ErrorCode::BadRequest,
-        format!("not a valid message: {error}"),
-    ))
+/// A parsed message, or the error in its place (answered by the session, in order).
+fn parse(parsed: serde_json::Result<ClientMessage>) -> ClientMessage {
+    parsed.unwrap_or_else(|error| ClientMessage::Invalid {
+        reason: format!("not a valid message: {error}"),
+    })
 }
 
 /// The TCP pipeline.
@@ -203,27 +198,24 @@ impl Handler<WsIn, Out> for WsStage {
                     Ok(())
                 }
             }
-            WsIn::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(message) => {
-                    ctx.fire_read(message);
-                    Ok(())
-                }
-                Err(error) => ctx.write(bad_request(&error)).await,
-            },
+            WsIn::Text(text) => {
+                ctx.fire_read(parse(serde_json::from_str::<ClientMessage>(&text)));
+                Ok(())
+            }
             WsIn::Binary(_) => {
-                ctx.write(Out::msg(&ServerMessage::error(
-                    ErrorCode::BadRequest,
-                    "send JSON in text frames",
-                )))
-                .await
+                ctx.fire_read(ClientMessage::Invalid {
+                    reason: "send JSON in text frames".into(),
+                });
+                Ok(())
             }
             WsIn::Ping(payload) => ctx.write(Out::Ws(WsOut::Pong(payload))).await,
             WsIn::Pong(_) => Ok(()),
-            WsIn::Close(_) => {
-                // The close handshake: answer, then close.
-                ctx.write(Out::Ws(WsOut::Close(1000, String::new())))
-                    .await?;
-                ctx.close();
+            WsIn::Close(close) => {
+                // The close handshake, answered by the session after every request
+                // before it (`send` then `close` from a browser stores the message).
+                ctx.fire_read(ClientMessage::Closing {
+                    code: close.map_or(1000, |(code, _)| code),
+                });
                 Ok(())
             }
         }

@@ -264,3 +264,53 @@ async fn websocket_violations_close_with_a_code_and_the_page_is_served() {
     assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 404"));
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn replies_keep_request_order_even_for_bad_frames() {
+    let gateway = start_default().await;
+    let mut client = TcpClient::connect(gateway.addrs.tcp).await;
+    client.login(&token_for("ada", &["lobby"], 3600)).await;
+    for _ in 0..20 {
+        client
+            .send(json!({"type": "history", "room": "lobby"}))
+            .await;
+    }
+    client.send_raw(&[0, 0, 0, 1, b'x']).await;
+    for i in 0..20 {
+        assert_eq!(client.recv().await.unwrap()["type"], "history", "reply {i}");
+    }
+    assert_eq!(client.recv().await.unwrap()["code"], "bad_request");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_send_followed_by_close_is_stored_before_the_close() {
+    let gateway = start_default().await;
+    let mut web = WsClient::connect(gateway.addrs.ws, "/ws").await;
+    web.send(json!({"type": "login", "token": token_for("wendy", &["lobby"], 3600)}))
+        .await;
+    web.send(json!({"type": "join", "room": "lobby"})).await;
+    web.send(json!({"type": "send", "room": "lobby", "body": "last words"}))
+        .await;
+    web.send_frame(0x8, &1001u16.to_be_bytes(), true).await;
+    // Every reply, then the close (echoing the peer's code).
+    assert_eq!(web.expect("welcome").await["user"], "wendy");
+    assert_eq!(web.expect("ack").await["seq"], 1);
+    loop {
+        let (opcode, payload) = web.recv_frame().await.expect("a close frame");
+        if opcode == 0x8 {
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+            break;
+        }
+    }
+    let mut reader = TcpClient::connect(gateway.addrs.tcp).await;
+    reader.login(&token_for("ada", &["lobby"], 3600)).await;
+    reader
+        .send(json!({"type": "history", "room": "lobby"}))
+        .await;
+    assert_eq!(
+        reader.expect("history").await["messages"][0]["body"],
+        "last words"
+    );
+    gateway.stop().await;
+}
