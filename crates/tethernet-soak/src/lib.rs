@@ -540,7 +540,14 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
     phases.push(("settle".to_owned(), started.elapsed().as_millis() as u64));
     let settle_deadline = Instant::now() + config.settle;
     let mut last = snapshot(config.admin, started).await?;
-    while last.live != baseline.live && Instant::now() < settle_deadline {
+    // Counters must come back exactly; memory within tolerance (allocators return freed
+    // pages to the system on a timer: jemalloc's decay is about 10 s).
+    let settled = |last: &Snapshot| {
+        last.live == baseline.live
+            && within(baseline.allocated, last.allocated, ALLOCATED_TOLERANCE)
+            && within(baseline.resident, last.resident, RESIDENT_TOLERANCE)
+    };
+    while !settled(&last) && Instant::now() < settle_deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         last = snapshot(config.admin, started).await?;
         samples.push(last.clone());
