@@ -74,6 +74,21 @@ pub struct Config {
     pub secret: Option<String>,
     /// Print progress lines.
     pub progress: bool,
+    /// Spread client connections over this many loopback source addresses (127.0.0.1,
+    /// 127.0.0.2, ...): one address gives at most ~28,000 concurrent connections to one
+    /// port (the ephemeral port range).
+    pub source_addresses: u8,
+}
+
+/// Connects client `index` to the target, from its loopback source address.
+async fn connect(config: &Config, index: usize) -> std::io::Result<TcpStream> {
+    if config.source_addresses <= 1 {
+        return TcpStream::connect(config.target).await;
+    }
+    let host = 1 + (index % usize::from(config.source_addresses)) as u8;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
+    socket.connect(config.target).await
 }
 
 /// Allocator bytes may end this far above baseline (fraction of baseline, at least 4 MiB).
@@ -270,7 +285,7 @@ async fn client(
     while Instant::now() < deadline {
         n += 1;
         let result: std::io::Result<()> = async {
-            let mut stream = TcpStream::connect(config.target).await?;
+            let mut stream = connect(&config, index).await?;
             match scenario {
                 Scenario::Churn | Scenario::Mixed | Scenario::Idle => {
                     let (bytes, replies) = exchange(config.protocol, &token, &room, n);
@@ -464,8 +479,8 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
     let mut idle_bytes = None;
     if config.scenario == Scenario::Idle {
         let mut held = Vec::new();
-        for _ in 0..config.clients {
-            match TcpStream::connect(config.target).await {
+        for index in 0..config.clients {
+            match connect(&config, index).await {
                 Ok(mut stream) => {
                     let (bytes, replies) = exchange(config.protocol, &token, "soak-idle", 1);
                     if stream.write_all(&bytes).await.is_ok() {

@@ -38,6 +38,10 @@ struct Args {
     /// Directory for report.json and chart.svg.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Spread connections over this many loopback source addresses (127.0.0.1, .2, ...)
+    /// for more than ~28,000 concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    source_addresses: u8,
     /// The gateway's token secret (gateway protocol).
     #[arg(long, env = "TETHERNET_GATEWAY_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         report: args.report.clone(),
         secret: args.secret,
         progress: true,
+        source_addresses: args.source_addresses.max(1),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

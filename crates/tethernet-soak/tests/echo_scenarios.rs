@@ -22,21 +22,23 @@ async fn every_echo_scenario_finishes_in_time_and_passes() {
         Scenario::Idle,
     ] {
         let started = Instant::now();
-        let report = run(config(
-            server.target,
-            server.admin,
-            Protocol::Echo,
-            scenario,
-            1,
-        ))
-        .await
-        .unwrap();
+        let mut settings = config(server.target, server.admin, Protocol::Echo, scenario, 1);
+        // Connections come from 127.0.0.1 to 127.0.0.4 (source addresses for many
+        // connections).
+        settings.source_addresses = 4;
+        let report = run(settings).await.unwrap();
         let took = started.elapsed();
         assert!(took < Duration::from_secs(30), "{scenario:?} took {took:?}");
         assert!(report.passed, "{}", summary(&report));
         if scenario == Scenario::Idle {
             assert!(report.idle_bytes_per_connection.is_some());
         }
+        assert_eq!(
+            report.client_errors,
+            0,
+            "{scenario:?}: {}",
+            summary(&report)
+        );
     }
     drop(server.stop);
     server.task.await.unwrap();

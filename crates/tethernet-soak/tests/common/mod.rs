@@ -107,5 +107,6 @@ pub fn config(
         report: None,
         secret: Some("soak-test-secret-0123456789".into()),
         progress: false,
+        source_addresses: 1,
     }
 }
