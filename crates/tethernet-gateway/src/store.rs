@@ -49,6 +49,7 @@ struct Sql {
     latest: String,
     prune_count: String,
     prune_age: String,
+    insert_version: String,
 }
 
 impl Sql {
@@ -70,6 +71,7 @@ impl Sql {
             latest: p("SELECT last_seq FROM rooms WHERE room = ?"),
             prune_count: p("DELETE FROM messages WHERE seq <= (SELECT last_seq FROM rooms WHERE rooms.room = messages.room) - ?"),
             prune_age: p("DELETE FROM messages WHERE time_ms < ?"),
+            insert_version: p("INSERT INTO gateway_schema (version) VALUES (?)"),
         }
     }
 }
@@ -188,19 +190,12 @@ impl Store {
                 for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                     sqlx::query(statement).execute(&mut *tx).await?;
                 }
-                sqlx::query(&self.sql_insert_version()).bind(*version).execute(&mut *tx).await?;
+                sqlx::query(&self.sql.insert_version).bind(*version).execute(&mut *tx).await?;
                 tracing::info!(version, "database schema migrated");
             }
             tx.commit().await?;
             Ok(())
         })
-    }
-
-    fn sql_insert_version(&self) -> String {
-        match self.pool {
-            Pool::Sqlite(_) => "INSERT INTO gateway_schema (version) VALUES (?)".into(),
-            Pool::Postgres(_) => "INSERT INTO gateway_schema (version) VALUES ($1)".into(),
-        }
     }
 
     /// Stores a message and returns it with its sequence number; with a `client_id`

@@ -10,14 +10,16 @@
 
 mod common;
 
-use common::{eventually, settings, start, token_for, PrivateRedis, TcpClient, TestDatabase};
+use common::{
+    eventually, settings, start, token_for, Messages, PrivateRedis, TcpClient, TestDatabase,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
     let database = TestDatabase::create().await;
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut redis = PrivateRedis::start(port);
+    let mut redis = PrivateRedis::start(port).await;
     let node = |url: String| {
         let (mut settings, dir) = settings();
         settings.database_url = Some(database.url.clone());
@@ -59,7 +61,7 @@ async fn two_nodes_deliver_across_and_recover_after_a_redis_restart() {
         ada.expect("ack").await;
     }
     // Redis comes back on the same port: the nodes resubscribe and announce the gap.
-    let _redis = PrivateRedis::start(port);
+    let _redis = PrivateRedis::start(port).await;
     let gap = bob.expect("gap").await;
     println!("after the Redis restart, node B told Bob: {gap}");
     assert_eq!(gap["room"], "lobby");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{start_default, token_for, TcpClient, WsClient};
+use common::{start_default, token_for, Messages, TcpClient, WsClient};
 use serde_json::json;
 
 #[tokio::test]

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, redis_url, settings, start, token_for, TcpClient, TestDatabase};
+use common::{
+    eventually, redis_url, settings, start, token_for, Messages, TcpClient, TestDatabase,
+};
 use serde_json::json;
 
 async fn numsub(client: &redis::Client, channels: &[String]) -> Vec<i64> {

@@ -589,26 +589,18 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         last: last.leaks_total.to_string(),
         ok: last.leaks_total == baseline.leaks_total,
     });
-    checks.push(Check {
-        name: format!(
-            "allocated (within +{:.0}% or {})",
-            ALLOCATED_TOLERANCE.0 * 100.0,
-            mib(ALLOCATED_TOLERANCE.1)
-        ),
-        baseline: baseline.allocated.map_or("-".into(), mib),
-        last: last.allocated.map_or("-".into(), mib),
-        ok: within(baseline.allocated, last.allocated, ALLOCATED_TOLERANCE),
-    });
-    checks.push(Check {
-        name: format!(
-            "resident (within +{:.0}% or {})",
-            RESIDENT_TOLERANCE.0 * 100.0,
-            mib(RESIDENT_TOLERANCE.1)
-        ),
-        baseline: baseline.resident.map_or("-".into(), mib),
-        last: last.resident.map_or("-".into(), mib),
-        ok: within(baseline.resident, last.resident, RESIDENT_TOLERANCE),
-    });
+    checks.push(memory_check(
+        "allocated",
+        baseline.allocated,
+        last.allocated,
+        ALLOCATED_TOLERANCE,
+    ));
+    checks.push(memory_check(
+        "resident",
+        baseline.resident,
+        last.resident,
+        RESIDENT_TOLERANCE,
+    ));
     let alive = answers(&config, &token).await;
     checks.push(Check {
         name: "server answers".into(),
@@ -638,6 +630,25 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         std::fs::write(dir.join("chart.svg"), chart(&report))?;
     }
     Ok(report)
+}
+
+/// A memory figure back within `tolerance` of its baseline.
+fn memory_check(
+    name: &str,
+    baseline: Option<u64>,
+    last: Option<u64>,
+    tolerance: (f64, u64),
+) -> Check {
+    Check {
+        name: format!(
+            "{name} (within +{:.0}% or {})",
+            tolerance.0 * 100.0,
+            mib(tolerance.1)
+        ),
+        baseline: baseline.map_or("-".into(), mib),
+        last: last.map_or("-".into(), mib),
+        ok: within(baseline, last, tolerance),
+    }
 }
 
 fn mib(bytes: u64) -> String {

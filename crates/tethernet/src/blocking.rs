@@ -97,9 +97,26 @@ fn names() -> MutexGuard<'static, (Vec<&'static str>, BTreeMap<&'static str, u32
     names
 }
 
+thread_local! {
+    /// Names this thread has interned, by address and length: building a pipeline per connection
+    /// takes no shared lock once its handler types are known.
+    static INTERNED: std::cell::RefCell<std::collections::HashMap<(usize, usize), u32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// A small number standing for a handler name, so a thread can publish which handler it
 /// runs with one atomic store. Called once per handler when a pipeline is built.
 pub(crate) fn intern(name: &'static str) -> u32 {
+    let key = (name.as_ptr() as usize, name.len());
+    if let Some(id) = INTERNED.with(|cache| cache.borrow().get(&key).copied()) {
+        return id;
+    }
+    let id = intern_shared(name);
+    INTERNED.with(|cache| cache.borrow_mut().insert(key, id));
+    id
+}
+
+fn intern_shared(name: &'static str) -> u32 {
     let mut names = names();
     if let Some(id) = names.1.get(name) {
         return *id;

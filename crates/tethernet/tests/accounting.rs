@@ -143,15 +143,23 @@ async fn bytes_by_kind_rise_under_load_and_return_to_zero() {
         );
     }
     // The kept 4-byte frame is charged at the full allocation it pins.
-    let keeper_info = infos
+    // Found by its address (the client's local address is the server side's peer), once
+    // its frame has been read.
+    let keeper_addr = keeper.local_addr().unwrap();
+    let keeper_channel = channels
+        .lock()
+        .unwrap()
         .iter()
-        .find(|i| {
-            i.messages_read == 1
-                && of(i, MemoryKind::Decoder) == 0
-                && of(i, MemoryKind::OutboundQueue) == 0
-                && of(i, MemoryKind::WriteBuffer) == 0
-        })
+        .find(|c| c.peer_addr() == keeper_addr)
+        .cloned()
         .expect("the keeper connection");
+    eventually(
+        "the keeper's frame to be read",
+        || keeper_channel.info().messages_read == 1,
+        || tokio::time::sleep(Duration::from_millis(20)),
+    )
+    .await;
+    let keeper_info = &keeper_channel.info();
     assert!(
         of(keeper_info, MemoryKind::ReadBuffer) >= 4096,
         "a kept 4-byte frame pins its read buffer: {keeper_info:?}"

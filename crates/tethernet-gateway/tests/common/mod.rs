@@ -92,6 +92,64 @@ pub fn token_for(user: &str, rooms: &[&str], valid_secs: i64) -> String {
 /// A hang guard for reads (not a timing assertion).
 const READ_LIMIT: Duration = Duration::from_secs(20);
 
+/// What both test clients share: messages read while waiting for another kind stay
+/// queued, in order.
+#[allow(async_fn_in_trait)]
+pub trait Messages {
+    /// Messages read but not yet taken.
+    fn pending(&mut self) -> &mut std::collections::VecDeque<Value>;
+
+    /// The next message from the socket; `None` when the server closed.
+    async fn read_from_socket(&mut self) -> Option<Value>;
+
+    /// The next message; `None` when the server closed.
+    async fn recv(&mut self) -> Option<Value> {
+        match self.pending().pop_front() {
+            Some(message) => Some(message),
+            None => self.read_from_socket().await,
+        }
+    }
+
+    /// The first message of `kind` (others read meanwhile stay queued, in order).
+    async fn expect(&mut self, kind: &str) -> Value {
+        if let Some(at) = self.pending().iter().position(|m| m["type"] == kind) {
+            return self.pending().remove(at).unwrap();
+        }
+        loop {
+            let message = self
+                .read_from_socket()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+            if message["type"] == kind {
+                return message;
+            }
+            assert_ne!(
+                message["type"], "error",
+                "while waiting for {kind}: {message}"
+            );
+            self.pending().push_back(message);
+        }
+    }
+}
+
+impl Messages for TcpClient {
+    fn pending(&mut self) -> &mut std::collections::VecDeque<Value> {
+        &mut self.pending
+    }
+    async fn read_from_socket(&mut self) -> Option<Value> {
+        self.read_message().await
+    }
+}
+
+impl Messages for WsClient {
+    fn pending(&mut self) -> &mut std::collections::VecDeque<Value> {
+        &mut self.pending
+    }
+    async fn read_from_socket(&mut self) -> Option<Value> {
+        self.read_message().await
+    }
+}
+
 /// A client over TCP frames.
 pub struct TcpClient {
     stream: TcpStream,
@@ -118,15 +176,7 @@ impl TcpClient {
         self.stream.write_all(bytes).await.unwrap();
     }
 
-    /// The next message; `None` when the server closed.
-    pub async fn recv(&mut self) -> Option<Value> {
-        if let Some(message) = self.pending.pop_front() {
-            return Some(message);
-        }
-        self.read().await
-    }
-
-    async fn read(&mut self) -> Option<Value> {
+    async fn read_message(&mut self) -> Option<Value> {
         tokio::time::timeout(READ_LIMIT, async {
             let mut header = [0u8; 4];
             self.stream.read_exact(&mut header).await.ok()?;
@@ -136,27 +186,6 @@ impl TcpClient {
         })
         .await
         .expect("a reply within the hang guard")
-    }
-
-    /// The first message of `kind` (others read meanwhile stay queued, in order).
-    pub async fn expect(&mut self, kind: &str) -> Value {
-        if let Some(at) = self.pending.iter().position(|m| m["type"] == kind) {
-            return self.pending.remove(at).unwrap();
-        }
-        loop {
-            let message = self
-                .read()
-                .await
-                .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
-            if message["type"] == kind {
-                return message;
-            }
-            assert_ne!(
-                message["type"], "error",
-                "while waiting for {kind}: {message}"
-            );
-            self.pending.push_back(message);
-        }
     }
 
     pub async fn login(&mut self, token: &str) -> Value {
@@ -256,15 +285,8 @@ impl WsClient {
         .expect("a frame within the hang guard")
     }
 
-    /// The next JSON message (skipping pongs).
-    pub async fn recv(&mut self) -> Option<Value> {
-        if let Some(message) = self.pending.pop_front() {
-            return Some(message);
-        }
-        self.read().await
-    }
-
-    async fn read(&mut self) -> Option<Value> {
+    /// The next JSON message from the socket (skipping pongs).
+    async fn read_message(&mut self) -> Option<Value> {
         loop {
             let (opcode, payload) = self.recv_frame().await?;
             match opcode {
@@ -273,26 +295,6 @@ impl WsClient {
                 0x8 => return None,
                 other => panic!("unexpected opcode {other}"),
             }
-        }
-    }
-
-    pub async fn expect(&mut self, kind: &str) -> Value {
-        if let Some(at) = self.pending.iter().position(|m| m["type"] == kind) {
-            return self.pending.remove(at).unwrap();
-        }
-        loop {
-            let message = self
-                .read()
-                .await
-                .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
-            if message["type"] == kind {
-                return message;
-            }
-            assert_ne!(
-                message["type"], "error",
-                "while waiting for {kind}: {message}"
-            );
-            self.pending.push_back(message);
         }
     }
 }
@@ -367,7 +369,7 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    pub fn start(port: u16) -> PrivateRedis {
+    pub async fn start(port: u16) -> PrivateRedis {
         let binary =
             std::env::var("TETHERNET_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&binary)
@@ -390,10 +392,10 @@ impl PrivateRedis {
             child: Some(child),
         };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return redis;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("redis-server on port {port} did not start");
     }
