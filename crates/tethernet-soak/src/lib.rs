@@ -7,9 +7,20 @@
 //! kind; for the gateway also rooms, bus subscriptions and database connections in use)
 //! is back to its baseline exactly, no leak was reported, allocator and resident memory
 //! are back within the stated tolerance, and the server still answers.
+//!
+//! The gateway's `fanout` scenario is also a benchmark (see [`fanout`]): deliveries per
+//! second and delivery latency to every member of one room, and a verdict that fails on
+//! any missing or duplicated delivery.
 
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+// The one exception, `fdlimit::nofile_limit`, allows it for two libc calls.
+#![deny(unsafe_code)]
+
+pub mod fanout;
+mod fdlimit;
+
+pub use fanout::{FanoutReport, FanoutSettings};
+pub use fdlimit::{check_fd_limit, fds_needed, raise_fd_limit, FdLimit, FD_HEADROOM};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +60,9 @@ pub enum Scenario {
     Mixed,
     /// Hold the clients' connections idle; report resident bytes per connection.
     Idle,
+    /// Gateway only: every client joins one room, a few send; deliveries per second,
+    /// delivery latency, and every message delivered exactly once to every member.
+    Fanout,
 }
 
 /// A soak run's settings.
@@ -78,6 +92,8 @@ pub struct Config {
     /// 127.0.0.2, ...): one address gives at most ~28,000 concurrent connections to one
     /// port (the ephemeral port range).
     pub source_addresses: u8,
+    /// The fan-out scenario's senders, rate and message cap.
+    pub fanout: FanoutSettings,
 }
 
 /// Connects client `index` to the target, from its loopback source address.
@@ -146,6 +162,8 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// For the idle scenario: resident bytes per idle connection.
     pub idle_bytes_per_connection: Option<u64>,
+    /// For the fan-out scenario: what it measured.
+    pub fanout: Option<FanoutReport>,
     /// All checks hold.
     pub passed: bool,
 }
@@ -284,9 +302,14 @@ async fn client(
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
+        if scenario == Scenario::Fanout {
+            // Run by `fanout::run_fanout`, never as independent clients.
+            return;
+        }
         let result: std::io::Result<()> = async {
             let mut stream = connect(&config, index).await?;
             match scenario {
+                Scenario::Fanout => {}
                 Scenario::Churn | Scenario::Mixed | Scenario::Idle => {
                     let (bytes, replies) = exchange(config.protocol, &token, &room, n);
                     stream.write_all(&bytes).await?;
@@ -456,6 +479,11 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         }
         (Protocol::Echo, _) => "".into(),
     };
+    if config.scenario == Scenario::Fanout && config.protocol != Protocol::Gateway {
+        return Err(std::io::Error::other(
+            "the fanout scenario needs --protocol gateway",
+        ));
+    }
     let mut phases = vec![("warm-up".to_owned(), 0)];
     let mut samples = Vec::new();
     let log = |line: String| {
@@ -477,7 +505,44 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
     let deadline = Instant::now() + config.duration;
     let mut clients = JoinSet::new();
     let mut idle_bytes = None;
-    if config.scenario == Scenario::Idle {
+    let mut fanout_report = None;
+    if config.scenario == Scenario::Fanout {
+        let progress = Arc::new(fanout::FanoutProgress::default());
+        let mut task = tokio::spawn(fanout::run_fanout(
+            config.clone(),
+            token.clone(),
+            progress.clone(),
+        ));
+        let mut ticks = 0u64;
+        let report = loop {
+            tokio::select! {
+                done = &mut task => break done.map_err(std::io::Error::other)?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            ticks += 1;
+            let now = snapshot(config.admin, started).await?;
+            log(format!(
+                "{:>4}s {:<8}  joined {:>6}/{}  sent {:>8}  deliveries {:>10}  errors {:>4}  connections {:>6}  resident {}",
+                ticks,
+                progress.phase_name(),
+                progress.joined.load(Ordering::Relaxed),
+                config.clients,
+                progress.sent.load(Ordering::Relaxed),
+                progress.deliveries.load(Ordering::Relaxed),
+                progress.errors.load(Ordering::Relaxed),
+                now.live.get("connections").copied().unwrap_or(0),
+                now.resident.map_or("-".to_owned(), mib)
+            ));
+            samples.push(now);
+        };
+        tally
+            .operations
+            .fetch_add(report.deliveries, Ordering::Relaxed);
+        tally
+            .errors
+            .fetch_add(progress.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+        fanout_report = Some(report);
+    } else if config.scenario == Scenario::Idle {
         let mut held = Vec::new();
         for index in 0..config.clients {
             match connect(&config, index).await {
@@ -601,6 +666,9 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         last.resident,
         RESIDENT_TOLERANCE,
     ));
+    if let Some(fanout) = &fanout_report {
+        checks.extend(fanout_checks(fanout));
+    }
     let alive = answers(&config, &token).await;
     checks.push(Check {
         name: "server answers".into(),
@@ -619,6 +687,7 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         samples,
         checks,
         idle_bytes_per_connection: idle_bytes,
+        fanout: fanout_report,
         passed,
     };
     if let Some(dir) = &config.report {
@@ -630,6 +699,61 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         std::fs::write(dir.join("chart.svg"), chart(&report))?;
     }
     Ok(report)
+}
+
+/// The fan-out scenario's checks: every member joined, every send acknowledged, every
+/// member received every message exactly once.
+fn fanout_checks(fanout: &FanoutReport) -> Vec<Check> {
+    let check = |name: &str, expected: String, got: String, ok: bool| Check {
+        name: name.into(),
+        baseline: expected,
+        last: got,
+        ok,
+    };
+    vec![
+        check(
+            "fanout: members joined",
+            fanout.members.to_string(),
+            fanout.joined.to_string(),
+            fanout.joined == fanout.members,
+        ),
+        check(
+            "fanout: messages sent (acknowledged)",
+            "> 0".into(),
+            fanout.sent.to_string(),
+            fanout.sent > 0,
+        ),
+        check(
+            "fanout: sends refused or unacknowledged",
+            "0".into(),
+            fanout.send_failures.to_string(),
+            fanout.send_failures == 0,
+        ),
+        check(
+            "fanout: deliveries (members x messages)",
+            fanout.expected.to_string(),
+            fanout.deliveries.to_string(),
+            fanout.deliveries == fanout.expected,
+        ),
+        check(
+            "fanout: missing deliveries",
+            "0".into(),
+            fanout.missing.to_string(),
+            fanout.missing == 0,
+        ),
+        check(
+            "fanout: duplicated deliveries",
+            "0".into(),
+            fanout.duplicates.to_string(),
+            fanout.duplicates == 0,
+        ),
+        check(
+            "fanout: members disconnected early",
+            "0".into(),
+            fanout.members_lost.to_string(),
+            fanout.members_lost == 0,
+        ),
+    ]
 }
 
 /// A memory figure back within `tolerance` of its baseline.
@@ -670,6 +794,9 @@ pub fn summary(report: &Report) -> String {
                 ", {b} resident bytes per idle connection"
             ))
     );
+    if let Some(fanout) = &report.fanout {
+        out.push_str(&fanout::fanout_summary(fanout));
+    }
     out.push_str(&format!(
         "{:<44} {:>14} {:>14}  {}\n",
         "check", "baseline", "final", "result"

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tethernet_soak::{run, summary, Config, Protocol, Scenario};
+use tethernet_soak::{
+    check_fd_limit, raise_fd_limit, run, summary, Config, FanoutSettings, Protocol, Scenario,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,10 +47,29 @@ struct Args {
     /// The gateway's token secret (gateway protocol).
     #[arg(long, env = "TETHERNET_GATEWAY_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Fanout: how many of the members also send (one message in flight each).
+    #[arg(long, default_value_t = FanoutSettings::default().senders)]
+    senders: usize,
+    /// Fanout: messages per second, all senders together; 0: as fast as acks allow.
+    #[arg(long, default_value_t = FanoutSettings::default().rate)]
+    rate: u32,
+    /// Fanout: at most this many messages in all.
+    #[arg(long, default_value_t = FanoutSettings::default().max_messages)]
+    messages: u64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match raise_fd_limit() {
+        Ok(limit) => {
+            println!("{}", limit.describe());
+            if let Err(message) = check_fd_limit(&limit, args.clients) {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+        Err(e) => eprintln!("warning: cannot read or raise the open files limit: {e}"),
+    }
     let admin = args
         .admin
         .trim_start_matches("http://")
@@ -76,6 +97,11 @@ fn main() -> ExitCode {
         secret: args.secret,
         progress: true,
         source_addresses: args.source_addresses.max(1),
+        fanout: FanoutSettings {
+            senders: args.senders.max(1),
+            rate: args.rate,
+            max_messages: args.messages.clamp(1, 10_000_000),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

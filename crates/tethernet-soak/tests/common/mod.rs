@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tethernet::codec::LengthFieldCodec;
 use tethernet::{Context, Frame, Handler, Pipeline, Result, Server};
-use tethernet_soak::{Config, Protocol, Scenario};
+use tethernet_soak::{Config, FanoutSettings, Protocol, Scenario};
 use tokio::sync::oneshot;
 
 /// Frames seen by every echo connection of the process.
@@ -108,5 +108,6 @@ pub fn config(
         secret: Some("soak-test-secret-0123456789".into()),
         progress: false,
         source_addresses: 1,
+        fanout: FanoutSettings::default(),
     }
 }
