@@ -99,6 +99,8 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
 /// The only `unsafe` of the crate.
 #[cfg(unix)]
 #[allow(unsafe_code)]
+// `rlim_t` is `u64` on Linux and macOS but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 fn nofile_limit(set: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
     if let Some((soft, hard)) = set {
         let new = libc::rlimit {
