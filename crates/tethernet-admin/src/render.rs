@@ -42,6 +42,27 @@ pub(crate) fn metrics(hooks: &[MetricsHook]) -> String {
     );
     metric(
         &mut out,
+        "tethernet_connections_refused_per_address_total",
+        "counter",
+        "Connections refused at the per-address connection limit.",
+        g.refused_per_address.get(),
+    );
+    metric(
+        &mut out,
+        "tethernet_frame_timeouts_total",
+        "counter",
+        "Connections closed because a frame was not completed within the frame timeout.",
+        g.frame_timeouts.get(),
+    );
+    metric(
+        &mut out,
+        "tethernet_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or timed out.",
+        g.tls_handshake_failures.get(),
+    );
+    metric(
+        &mut out,
         "tethernet_accept_errors_total",
         "counter",
         "Failed accept calls.",

@@ -22,7 +22,6 @@ use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::{Decoder, Encoder};
@@ -59,6 +58,8 @@ pub(crate) struct ConnectionConfig {
     pub(crate) max_owned_tasks: usize,
     /// Idle detection, if on.
     pub(crate) idle: Option<IdleTimeouts>,
+    /// A partial frame must be completed within this long, if set (slowloris defence).
+    pub(crate) frame_timeout: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -73,6 +74,7 @@ impl Default for ConnectionConfig {
             nodelay: true,
             max_owned_tasks: DEFAULT_MAX_OWNED_TASKS,
             idle: None,
+            frame_timeout: None,
         }
     }
 }
@@ -121,6 +123,43 @@ pub(crate) fn channel_for<W>(
     (Channel { shared, outbound }, receiver)
 }
 
+/// The socket as the connection task uses it, shared by the read loop and the write
+/// side. TCP implements it directly, at no cost; TLS wraps a rustls session
+/// (`crate::tls`). Reads go through a separate [`AsyncRead`](tokio::io::AsyncRead) half.
+pub(crate) trait Socket: Sync {
+    /// Ready when a read may make progress (it may still find nothing).
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>>;
+    /// Writes without waiting; `WouldBlock` when the socket is full.
+    fn try_write(&self, buffer: &[u8]) -> io::Result<usize>;
+    /// Ready when the socket can take more bytes.
+    fn poll_write_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>>;
+    /// Whether the transport holds written bytes that are not on the socket yet (TLS
+    /// records waiting for room).
+    fn has_pending_writes(&self) -> bool {
+        false
+    }
+    /// Pushes those bytes out without waiting; `Ok(false)` when the socket is full.
+    fn try_flush(&self) -> io::Result<bool> {
+        Ok(true)
+    }
+    /// Last words before the socket closes (a TLS close_notify), best effort.
+    fn shutdown(&self) {}
+}
+
+impl Socket for TcpStream {
+    fn poll_read_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn try_write(&self, buffer: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buffer)
+    }
+
+    fn poll_write_ready(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+}
+
 /// Runs one connection to its end.
 pub(crate) async fn run<C, S, W>(
     stream: TcpStream,
@@ -133,19 +172,64 @@ pub(crate) async fn run<C, S, W>(
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
-    // Declared before everything else so that it runs last, after the socket is closed.
+    // Declared before the socket so that it runs last, after the socket is closed.
     let _closed = ClosedGuard::new(&channel.shared);
     let mut stream = stream;
     let _ = stream.set_nodelay(config.nodelay);
-    let Pipeline {
-        codec, mut stages, ..
-    } = pipeline;
-    let stats = channel.shared.stats.clone();
     // Reads go through the read half's `AsyncRead`, which clears readiness after a short
     // read (the socket is drained) and so saves a failing `recv` per batch; everything
     // else uses the stream directly.
     let (mut read_half, write_half) = stream.split();
     let socket: &TcpStream = write_half.as_ref();
+    serve(socket, &mut read_half, pipeline, &channel, outbound, config).await;
+}
+
+/// Runs one TLS connection to its end (the handshake is done).
+#[cfg(feature = "tls")]
+pub(crate) async fn run_tls<C, S, W>(
+    stream: crate::tls::ServerStream,
+    pipeline: Pipeline<C, S, W>,
+    channel: Channel<W>,
+    outbound: ByteReceiver<W>,
+    config: Arc<ConnectionConfig>,
+) where
+    C: PipelineCodec<W>,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
+    let _closed = ClosedGuard::new(&channel.shared);
+    let socket = crate::tls::TlsSocket::new(stream);
+    let mut read_half = socket.read_half();
+    serve(
+        &socket,
+        &mut read_half,
+        pipeline,
+        &channel,
+        outbound,
+        config,
+    )
+    .await;
+}
+
+/// The connection's life on a socket: the read loop, then the close.
+async fn serve<T, R, C, S, W>(
+    socket: &T,
+    read_half: &mut R,
+    pipeline: Pipeline<C, S, W>,
+    channel: &Channel<W>,
+    outbound: ByteReceiver<W>,
+    config: Arc<ConnectionConfig>,
+) where
+    T: Socket,
+    R: tokio::io::AsyncRead + Unpin,
+    C: PipelineCodec<W>,
+    S: Stage<C::Item, W>,
+    W: MessageSize + Send + 'static,
+{
+    let Pipeline {
+        codec, mut stages, ..
+    } = pipeline;
+    let stats = channel.shared.stats.clone();
     let mut writer = Writer {
         stream: socket,
         codec,
@@ -173,11 +257,11 @@ pub(crate) async fn run<C, S, W>(
         channel.id(),
         drive(
             socket,
-            &mut read_half,
+            read_half,
             &mut reader,
             &mut writer,
             &mut stages,
-            &channel,
+            channel,
             &config,
         ),
     )
@@ -186,7 +270,7 @@ pub(crate) async fn run<C, S, W>(
     // futures, the close timer) out of the connection task, which every idle connection
     // pays for.
     let closing = crate::panics::guarded(channel.id(), async {
-        Box::pin(close(outcome, &mut writer, &mut stages, &channel, &config)).await;
+        Box::pin(close(outcome, &mut writer, &mut stages, channel, &config)).await;
         Ok(())
     })
     .await;
@@ -232,13 +316,14 @@ impl Drop for ClosedGuard<'_> {
 }
 
 /// Tells the pipeline the connection is going away and flushes what is left.
-async fn close<C, S, W>(
+async fn close<T, C, S, W>(
     outcome: Result<()>,
-    writer: &mut Writer<'_, C, W>,
+    writer: &mut Writer<'_, T, C, W>,
     stages: &mut S,
     channel: &Channel<W>,
     config: &ConnectionConfig,
 ) where
+    T: Socket,
     C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
@@ -252,7 +337,7 @@ async fn close<C, S, W>(
             Error::Io(e) => {
                 tracing::debug!(channel = %channel.id(), error = %e, "connection failed")
             }
-            Error::Codec(_) => {
+            Error::Codec(_) | Error::FrameTimeout(_) => {
                 tracing::debug!(channel = %channel.id(), %error, "closing the connection after bad input")
             }
             Error::Closed => {}
@@ -295,21 +380,24 @@ async fn close<C, S, W>(
         {
             tracing::debug!(channel = %channel.id(), "the peer did not take the last writes in time");
         }
+        writer.stream.shutdown();
     }
 }
 
 /// The read loop. Returns when the connection should close: `Ok` for a close asked for or
 /// the peer's end of stream, `Err` for a failure.
-async fn drive<C, S, W>(
-    stream: &TcpStream,
-    read_half: &mut ReadHalf<'_>,
+async fn drive<T, R, C, S, W>(
+    stream: &T,
+    read_half: &mut R,
     reader: &mut Reader<'_>,
-    writer: &mut Writer<'_, C, W>,
+    writer: &mut Writer<'_, T, C, W>,
     stages: &mut S,
     channel: &Channel<W>,
     config: &ConnectionConfig,
 ) -> Result<()>
 where
+    T: Socket,
+    R: tokio::io::AsyncRead + Unpin,
     C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
@@ -317,6 +405,8 @@ where
     let stats = writer.stats;
     // One timer per connection, only when idle detection is on.
     let mut idle = config.idle.map(IdleTimer::new);
+    // A deadline for the partial frame held, only when a frame timeout is set.
+    let mut frame_timer = config.frame_timeout.map(FrameTimer::new);
     // The waker registered for close requests; re-registered only if it changes.
     let mut close_waker: Option<std::task::Waker> = None;
     Box::pin(stages.active(&mut Io::direct(channel, writer))).await?;
@@ -346,6 +436,9 @@ where
             return Ok(());
         }
         reader.settle();
+        if let Some(timer) = frame_timer.as_mut() {
+            timer.update(reader.decoder > 0, frames > 0);
+        }
         writer.write_until(0)?;
         writer.settle();
         if let Some(idle) = idle.as_mut() {
@@ -363,10 +456,20 @@ where
         // state in the task: this await point is where idle connections spend their life,
         // so its size is what each of them costs.
         let under_watermark = !writer.is_over_high_watermark();
-        let has_pending_writes = !writer.buffer.is_empty();
+        let has_pending_writes = !writer.buffer.is_empty() || stream.has_pending_writes();
+        if let Some(timer) = frame_timer.as_mut() {
+            // Time spent not reading (the peer is not reading our writes) is not the
+            // peer's delay: the partial frame's clock starts again.
+            timer.pause(!under_watermark);
+        }
         let wake = poll_fn(|cx| {
             if channel.shared.poll_close(cx, &mut close_waker) {
                 return Poll::Ready(Wake::Closing);
+            }
+            if let Some(timer) = frame_timer.as_mut() {
+                if timer.poll_expired(cx) {
+                    return Poll::Ready(Wake::FrameTimeout);
+                }
             }
             if let Some(idle) = idle.as_mut() {
                 if idle.sleep.as_mut().poll(cx).is_ready() {
@@ -399,6 +502,11 @@ where
         .await;
         match wake {
             Wake::Closing => return Ok(()),
+            Wake::FrameTimeout => {
+                crate::stats::global().frame_timeouts.add(1);
+                let timeout = config.frame_timeout.unwrap_or_default();
+                return Err(Error::FrameTimeout(timeout));
+            }
             Wake::IdleCheck => {
                 if let Some(timer) = idle.as_mut() {
                     for state in timer.due(Instant::now()).into_iter().flatten() {
@@ -447,6 +555,8 @@ where
 /// What woke the connection task.
 enum Wake<W> {
     Closing,
+    /// A partial frame was held past the frame timeout.
+    FrameTimeout,
     /// The idle timer fired: some idle state may be due.
     IdleCheck,
     /// Bytes read into the read buffer (0 at the end of the stream).
@@ -458,7 +568,7 @@ enum Wake<W> {
 /// Tells whether the connection's writability changes now: it holds more than the high
 /// watermark of outbound bytes (queued by other tasks plus buffered), or is back under the
 /// low watermark.
-fn writability_change<C, W>(channel: &Channel<W>, writer: &Writer<'_, C, W>) -> Option<bool> {
+fn writability_change<T, C, W>(channel: &Channel<W>, writer: &Writer<'_, T, C, W>) -> Option<bool> {
     let pending = writer.buffer.len() + channel.stats().meter(MemoryKind::OutboundQueue).current();
     let writable = channel.shared.writable.load(Ordering::Relaxed);
     if writable && pending > writer.high_watermark {
@@ -469,6 +579,59 @@ fn writability_change<C, W>(channel: &Channel<W>, writer: &Writer<'_, C, W>) -> 
         Some(true)
     } else {
         None
+    }
+}
+
+/// The frame timeout of one connection: armed while a partial frame is held, re-armed
+/// whenever a frame completes. Its sleep is made the first time a partial frame is held
+/// and kept, so connections that never hold one pay nothing but the `Option`.
+struct FrameTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl FrameTimer {
+    fn new(timeout: Duration) -> FrameTimer {
+        FrameTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After a decoding pass: `partial` when bytes of an unfinished frame are held,
+    /// `progressed` when frames completed in the pass.
+    fn update(&mut self, partial: bool, progressed: bool) {
+        if !partial {
+            self.armed = false;
+            return;
+        }
+        if self.armed && !progressed {
+            return;
+        }
+        let deadline = Instant::now() + self.timeout;
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
+    }
+
+    /// While `paused` (the socket is not being read), the clock does not run out; it
+    /// restarts on the next pass.
+    fn pause(&mut self, paused: bool) {
+        if paused {
+            self.armed = false;
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        self.armed
+            && self
+                .sleep
+                .as_mut()
+                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -588,9 +751,9 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn poll_read(
+    fn poll_read<R: tokio::io::AsyncRead + Unpin>(
         &mut self,
-        source: &mut ReadHalf<'_>,
+        source: &mut R,
         cx: &mut TaskContext<'_>,
     ) -> Poll<io::Result<usize>> {
         if self.buffer.capacity() == 0 {
@@ -718,8 +881,8 @@ impl Drop for Reader<'_> {
 }
 
 /// The write side: codec, write buffer and the outbound queue from other tasks.
-struct Writer<'a, C, W> {
-    stream: &'a TcpStream,
+struct Writer<'a, T, C, W> {
+    stream: &'a T,
     codec: C,
     buffer: BytesMut,
     /// Capacity last reported to the meter.
@@ -735,8 +898,9 @@ struct Writer<'a, C, W> {
     low_watermark: usize,
 }
 
-impl<C, W> Writer<'_, C, W>
+impl<T, C, W> Writer<'_, T, C, W>
 where
+    T: Socket,
     C: Encoder<W> + Send,
     <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
     W: Send,
@@ -753,6 +917,9 @@ where
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(error) => return Err(error.into()),
             }
+        }
+        if limit == 0 && self.stream.has_pending_writes() && !self.stream.try_flush()? {
+            return Ok(false);
         }
         Ok(true)
     }
@@ -810,7 +977,7 @@ where
 }
 
 /// Releases the write buffer's charge however the connection task ends (see `Reader`).
-impl<C, W> Drop for Writer<'_, C, W> {
+impl<T, C, W> Drop for Writer<'_, T, C, W> {
     fn drop(&mut self) {
         buffers::give(std::mem::take(&mut self.buffer));
         self.stats
@@ -819,8 +986,9 @@ impl<C, W> Drop for Writer<'_, C, W> {
     }
 }
 
-impl<C, W> DirectSink<W> for Writer<'_, C, W>
+impl<T, C, W> DirectSink<W> for Writer<'_, T, C, W>
 where
+    T: Socket,
     C: Encoder<W> + Send,
     <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
     W: Send,

@@ -49,6 +49,11 @@ pub enum Error {
         message: String,
     },
 
+    /// The peer started a frame and did not finish it within the frame timeout (a
+    /// slowloris peer, or one far too slow); the connection is closed.
+    #[error("a frame was not completed within {0:?} of its first byte; closing the connection (raise ServerBuilder::frame_timeout if peers are legitimately this slow)")]
+    FrameTimeout(std::time::Duration),
+
     /// Binding or configuring a server or client failed.
     #[error("{0}")]
     Config(String),

@@ -29,6 +29,7 @@
 //! - [`handlers`]: ready-made handlers ([`handlers::Heartbeat`]).
 //! - [`reconnect`]: client connections kept up with backoff; [`udp`]: the same model on
 //!   datagram sockets.
+//! - `tls` (feature `tls`): rustls on server connections, handshakes bounded in time and number.
 //! - [`stats`] and [`size`]: live per-connection byte counters, process-wide totals
 //!   ([`global`]), the list of live connections, and how messages are measured.
 //! - [`Frame`] (private module `frame`): decoded bytes charged at the read buffer they
@@ -84,6 +85,8 @@ pub mod server;
 pub mod size;
 pub mod stats;
 pub mod tether;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod udp;
 
 /// The README's examples, compiled as doctests so they stay true.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::{pending, Future};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct ServerBuilder {
     recv_buffer_size: Option<u32>,
     send_buffer_size: Option<u32>,
     max_connections: usize,
+    max_connections_per_address: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Default cap on a server's open connections.
@@ -142,6 +145,35 @@ impl ServerBuilder {
         self
     }
 
+    /// Caps the connections open at once from one IP address (default: no cap beyond
+    /// [`max_connections`](Self::max_connections)). Above it, a new connection from that
+    /// address is accepted and closed at once (counted in
+    /// [`GlobalStats::refused_per_address`](crate::GlobalStats)), so one client cannot
+    /// take every slot. Clients behind one NAT or proxy share an address: size it for them.
+    pub fn max_connections_per_address(mut self, connections: usize) -> Self {
+        self.max_connections_per_address = connections.max(1);
+        self
+    }
+
+    /// Closes a connection whose peer starts a frame and does not finish it within
+    /// `timeout` (off by default): a slowloris peer trickling bytes holds its partial
+    /// frame, and a slot, for at most this long. The pipeline is told with
+    /// [`Error::FrameTimeout`]; counted in
+    /// [`GlobalStats::frame_timeouts`](crate::GlobalStats).
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.config.frame_timeout = Some(timeout);
+        self
+    }
+
+    /// Serves TLS (rustls) on every accepted connection: the handshake runs on the
+    /// connection's event loop, bounded by the settings' handshake timeout and cap on
+    /// concurrent handshakes, before the pipeline sees the connection.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
+
     /// The listen backlog (default 1024).
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
@@ -164,6 +196,9 @@ impl ServerBuilder {
                         config: Arc::new(self.config),
                         slots: Arc::new(Semaphore::new(self.max_connections)),
                         max_connections: self.max_connections,
+                        per_address: Arc::new(AddressSlots::new(self.max_connections_per_address)),
+                        #[cfg(feature = "tls")]
+                        tls: self.tls.map(crate::tls::Handshakes::new),
                     });
                 }
                 Err(error) => last_error = Some((addr, error)),
@@ -203,6 +238,11 @@ pub struct Server {
     /// One permit per connection the server may hold at once.
     slots: Arc<Semaphore>,
     max_connections: usize,
+    /// Open connections per peer IP address, under their own cap.
+    per_address: Arc<AddressSlots>,
+    /// TLS settings and the cap on concurrent handshakes, when serving TLS.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Handshakes>,
 }
 
 impl Server {
@@ -216,6 +256,9 @@ impl Server {
             recv_buffer_size: None,
             send_buffer_size: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: usize::MAX,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -283,7 +326,13 @@ impl Server {
                             drop(stream);
                             continue;
                         };
-                        if let Err(error) = self.start(stream, permit, &pipeline, &registry, &mut connections) {
+                        let Some(address_slot) = self.per_address.admit(peer.ip()) else {
+                            global().refused_per_address.add(1);
+                            tracing::debug!(%peer, limit = self.per_address.limit, "refusing a connection: its address is at the per-address connection limit");
+                            drop(stream);
+                            continue;
+                        };
+                        if let Err(error) = self.start(stream, (permit, address_slot), &pipeline, &registry, &mut connections) {
                             tracing::debug!(%error, "could not hand an accepted connection to an event loop");
                         }
                     }
@@ -313,7 +362,7 @@ impl Server {
     fn start<F, C, S, W>(
         &self,
         stream: TcpStream,
-        permit: OwnedSemaphorePermit,
+        permit: (OwnedSemaphorePermit, AddressSlot),
         pipeline: &Arc<F>,
         registry: &Arc<Registry>,
         connections: &mut JoinSet<()>,
@@ -329,8 +378,12 @@ impl Server {
         let pipeline = pipeline.clone();
         let registry = registry.clone();
         let config = self.config.clone();
+        #[cfg(feature = "tls")]
+        let tls = self.tls.clone();
         connections.spawn_on(
             async move {
+                // Held for the connection's life: its slots under the connection caps.
+                let _slots = permit;
                 let stream = match TcpStream::from_std(stream) {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -346,8 +399,16 @@ impl Server {
                     }
                 };
                 let _registered = registry.register(&channel.shared);
-                // Held for the connection's life: its slot under the connection cap.
-                let _slot = permit;
+                #[cfg(feature = "tls")]
+                if let Some(tls) = tls {
+                    let _ = stream.set_nodelay(config.nodelay);
+                    let peer = channel.peer_addr();
+                    let Some(stream) = tls.accept(stream, peer).await else {
+                        return;
+                    };
+                    connection::run_tls(stream, pipeline(), channel, outbound, config).await;
+                    return;
+                }
                 connection::run(stream, pipeline(), channel, outbound, config).await;
             },
             self.group.next(),
@@ -427,6 +488,59 @@ fn report(finished: std::result::Result<(), tokio::task::JoinError>) {
     if let Err(error) = finished {
         if error.is_panic() {
             tracing::error!("a connection task panicked; that connection was closed");
+        }
+    }
+}
+
+/// Open connections per peer IP address. The map holds an entry only while that
+/// address has a connection open, so it is bounded by the server's connection cap.
+struct AddressSlots {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressSlots {
+    fn new(limit: usize) -> AddressSlots {
+        AddressSlots {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `address`, if it is under the cap.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        if self.limit == usize::MAX {
+            return Some(AddressSlot(None));
+        }
+        let mut open = self.lock();
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(Some((self.clone(), address))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One connection's place under the per-address cap, given back when it closes.
+struct AddressSlot(Option<(Arc<AddressSlots>, IpAddr)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((slots, address)) = self.0.take() {
+            let mut open = slots.lock();
+            if let Some(count) = open.get_mut(&address) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&address);
+                }
+            }
         }
     }
 }

@@ -252,6 +252,14 @@ pub struct GlobalStats {
     pub accepted: Counter,
     /// Connections refused because a server was at its connection cap.
     pub refused: Counter,
+    /// Connections refused because their peer's address was at the server's
+    /// per-address cap ([`ServerBuilder::max_connections_per_address`](crate::server::ServerBuilder::max_connections_per_address)).
+    pub refused_per_address: Counter,
+    /// Connections closed because a frame was not completed in time
+    /// ([`ServerBuilder::frame_timeout`](crate::server::ServerBuilder::frame_timeout)).
+    pub frame_timeouts: Counter,
+    /// TLS handshakes that failed or did not finish within their timeout.
+    pub tls_handshake_failures: Counter,
     /// Failed `accept` calls (such as running out of file descriptors).
     pub accept_errors: Counter,
     /// Messages dropped by an overflow policy (drop newest / drop oldest).
