@@ -42,6 +42,17 @@ struct Args {
     /// Largest frame accepted, in bytes; a longer length header closes the connection.
     #[arg(long, default_value_t = 1 << 20)]
     max_frame: usize,
+    /// Close a connection that starts a frame and does not finish it within this many ms
+    /// (slowloris defence; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    frame_timeout_ms: u64,
+    /// Most connections open at once.
+    #[arg(long, default_value_t = tethernet::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address (0 = no cap beyond
+    /// --max-connections).
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_address: usize,
     /// Pass each frame through a business handler on an executor before echoing it.
     #[arg(long, value_enum, default_value_t = Offload::None)]
     offload: Offload,
@@ -151,10 +162,16 @@ async fn main() -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let server = Server::builder()
+    let mut builder = Server::builder()
         .io_threads(threads)
-        .bind(args.listen.as_str())
-        .await?;
+        .max_connections(args.max_connections);
+    if args.frame_timeout_ms > 0 {
+        builder = builder.frame_timeout(Duration::from_millis(args.frame_timeout_ms));
+    }
+    if args.max_connections_per_address > 0 {
+        builder = builder.max_connections_per_address(args.max_connections_per_address);
+    }
+    let server = builder.bind(args.listen.as_str()).await?;
     println!(
         "echo listening on {} ({} I/O threads, max frame {} bytes, offload {:?})",
         server.local_addr(),
