@@ -10,8 +10,9 @@ use serde::Deserialize;
 use tethernet::Overflow;
 
 /// Every setting, as flags (and environment variables); also the TOML file's keys
-/// (`tcp = "127.0.0.1:7000"`, `max_body = 4096`, ...).
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// (`tcp = "127.0.0.1:7000"`, `max_body = 4096`, ...). `Debug` hides the secrets and
+/// URL passwords.
+#[derive(Clone, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// TCP listener: 4-byte big-endian length-prefixed JSON frames [default: 127.0.0.1:7000]
@@ -23,9 +24,20 @@ pub struct Settings {
     /// Path of the WebSocket endpoint [default: /ws]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_WS_PATH")]
     pub ws_path: Option<String>,
-    /// Admin server (metrics, /debug/*, dashboard); "off" to disable [default: 127.0.0.1:9100]
+    /// Admin server (metrics, /debug/*, dashboard); "off" to disable. Any address other
+    /// than loopback needs --admin-token [default: 127.0.0.1:9100]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_ADMIN")]
     pub admin: Option<String>,
+    /// Bearer token (16+ bytes) the admin server then requires (`Authorization: Bearer
+    /// TOKEN`); needed when --admin is not a loopback address. Prefer the environment or
+    /// the config file: flags show in `ps` [default: none]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Where the SQLite database and the token secret live [default: ./tethernet-data]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -81,10 +93,37 @@ pub struct Settings {
     /// Database pool size [default: 8]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_DB_POOL")]
     pub db_pool: Option<u32>,
+    /// Bound of each database call in ms (waiting for a connection, then the queries; on
+    /// PostgreSQL the server cancels statements at 3/4 of it); past it the client gets
+    /// `unavailable` [default: 5000]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_DB_TIMEOUT_MS")]
+    pub db_timeout_ms: Option<u64>,
+    /// SQLite quota: at most this many database pages (4 KiB each); writes past it get
+    /// `storage_full`, reads go on [default: no quota]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_SQLITE_MAX_PAGES")]
+    pub sqlite_max_pages: Option<u64>,
+    /// Failed logins allowed per client address (IPv6: per /64) per minute; then logins
+    /// from it get `rate_limited` and are closed; 0 for no limit [default: 10]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_LOGIN_FAILURES")]
+    pub login_failures: Option<u32>,
+    /// A connection that has not logged in this many ms after connecting is closed
+    /// (`login_timeout`); 0 for no deadline [default: 10000]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_LOGIN_TIMEOUT_MS")]
+    pub login_timeout_ms: Option<u64>,
     /// A member whose outbound queue is full: "close" (it reconnects and recovers from
     /// history) or "drop-oldest" [default: close]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_SLOW_MEMBER")]
     pub slow_member: Option<String>,
+}
+
+/// Calls `$then!(args..., every field)`.
+macro_rules! fields {
+    ($then:ident!($($args:tt)*)) => {
+        $then!($($args)* tcp, ws, ws_path, admin, admin_token, data_dir, database_url, bus_url,
+            secret, io_threads, executor_threads, max_connections, max_frame, max_body, max_rooms,
+            history_keep, history_days, db_pool, db_timeout_ms, sqlite_max_pages, login_failures,
+            login_timeout_ms, slow_member)
+    };
 }
 
 macro_rules! merge {
@@ -93,31 +132,29 @@ macro_rules! merge {
     };
 }
 
+macro_rules! debug_fields {
+    ($f:expr, $shown:expr, $($field:ident),*) => {
+        $f.debug_struct("Settings")$(.field(stringify!($field), &$shown.$field))*.finish()
+    };
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        for secret in [&mut shown.secret, &mut shown.admin_token] {
+            *secret = secret.as_ref().map(|_| "<hidden>".to_owned());
+        }
+        for url in [&mut shown.database_url, &mut shown.bus_url] {
+            *url = url.as_deref().map(crate::store::redact);
+        }
+        fields!(debug_fields!(f, shown,))
+    }
+}
+
 impl Settings {
     /// Flags and environment first, then the file.
     pub fn or_file(self, file: Settings) -> Settings {
-        merge!(
-            self,
-            file,
-            tcp,
-            ws,
-            ws_path,
-            admin,
-            data_dir,
-            database_url,
-            bus_url,
-            secret,
-            io_threads,
-            executor_threads,
-            max_connections,
-            max_frame,
-            max_body,
-            max_rooms,
-            history_keep,
-            history_days,
-            db_pool,
-            slow_member
-        )
+        fields!(merge!(self, file,))
     }
 
     /// Reads a TOML file of settings.
@@ -229,6 +266,25 @@ mod tests {
         }
         .slow_member()
         .is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets_and_passwords() {
+        let settings = Settings {
+            secret: Some("s3cret-s3cret-s3cret".into()),
+            admin_token: Some("admin-t0ken-admin-t0ken".into()),
+            database_url: Some("postgres://u:pw-in-url@h/db".into()),
+            max_body: Some(7),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        for hidden in ["s3cret", "admin-t0ken", "pw-in-url"] {
+            assert!(!shown.contains(hidden), "{shown}");
+        }
+        assert!(
+            shown.contains("max_body: Some(7)") && shown.contains("<hidden>"),
+            "{shown}"
+        );
     }
 
     #[test]

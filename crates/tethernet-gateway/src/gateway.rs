@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{run_subscriber, Bus};
 use crate::config::Settings;
 use crate::node::{Limits, Node};
-use crate::store::{redact, Store};
+use crate::store::{redact, Store, StoreOptions};
 use crate::token::Signer;
 use crate::transport::{tcp_pipeline, ws_pipeline};
 
@@ -49,7 +49,12 @@ impl Gateway {
             Some(url) => url.clone(),
             None => Store::sqlite_url(&data_dir).map_err(|e| e.to_string())?,
         };
-        let store = Store::connect(&database_url, settings.db_pool.unwrap_or(8))
+        let store_options = StoreOptions {
+            max_connections: settings.db_pool.unwrap_or(8),
+            timeout: Duration::from_millis(settings.db_timeout_ms.unwrap_or(5000)),
+            sqlite_max_pages: settings.sqlite_max_pages,
+        };
+        let store = Store::connect(&database_url, &store_options)
             .await
             .map_err(|e| format!("cannot open the database {}: {e}", redact(&database_url)))?;
         let signer = Signer::new(&settings.secret()?)?;
@@ -63,6 +68,11 @@ impl Gateway {
             max_body: settings.max_body.unwrap_or(4096),
             max_rooms_per_connection: settings.max_rooms.unwrap_or(64),
             slow_member: settings.slow_member()?,
+            max_reply: settings.max_frame.unwrap_or(64 * 1024).saturating_sub(4),
+            login_failures: settings.login_failures.unwrap_or(10),
+            login_timeout: Some(settings.login_timeout_ms.unwrap_or(10_000))
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
             ..Limits::default()
         };
         let node = Node::new(store, signer, bus, limits);
@@ -97,12 +107,18 @@ impl Gateway {
         let admin = match settings.admin()? {
             Some(addr) => {
                 let metrics_node = node.clone();
+                let mut admin = tethernet_admin::Admin::new()
+                    .metrics(move |out| metrics_node.render_metrics(out));
+                if let Some(token) = &settings.admin_token {
+                    admin = admin.bearer_token(token);
+                }
                 Some(
-                    tethernet_admin::Admin::new()
-                        .metrics(move |out| metrics_node.render_metrics(out))
-                        .bind(addr)
-                        .await
-                        .map_err(|e| e.to_string())?,
+                    admin.bind(addr).await.map_err(|e| match e.kind() {
+                        std::io::ErrorKind::InvalidInput => format!(
+                            "--admin {addr}: {e}; for the gateway: set TETHERNET_GATEWAY_ADMIN_TOKEN (or --admin-token), or use --admin 127.0.0.1:PORT"
+                        ),
+                        _ => e.to_string(),
+                    })?,
                 )
             }
             None => None,

@@ -12,11 +12,11 @@ use tethernet_gateway::token::{self, Claims, Signer};
 #[global_allocator]
 static ALLOCATOR: tethernet_admin::Jemalloc = tethernet_admin::Jemalloc;
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "tethernet-gateway",
     about = "A chat/push gateway on Tethernet: TCP and WebSocket clients, SQLite or PostgreSQL, in-process bus or Redis pub/sub across nodes",
-    after_help = "Run with no subcommand to serve on the embedded defaults (SQLite and the in-process bus under ./tethernet-data).\nEvery setting is also an environment variable (TETHERNET_GATEWAY_*) and a key of the --config TOML file; flags win over the environment, which wins over the file."
+    after_help = "Run with no subcommand to serve on the embedded defaults (SQLite and the in-process bus under ./tethernet-data).\nEvery setting is also an environment variable (TETHERNET_GATEWAY_*) and a key of the --config TOML file; flags win over the environment, which wins over the file. Secrets (--secret, --admin-token, URLs with passwords) are best given in the environment or the file: flags show in `ps`; their values are never printed or logged."
 )]
 struct Cli {
     /// A TOML file of settings (keys as the flags, with underscores)
@@ -28,7 +28,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
     /// Serve (the default).
     Serve,
@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7000")]
         addr: SocketAddr,
         /// A login token.
-        #[arg(long, env = "TETHERNET_GATEWAY_TOKEN")]
+        #[arg(long, env = "TETHERNET_GATEWAY_TOKEN", hide_env_values = true)]
         token: String,
         /// The room to join first.
         #[arg(long, default_value = "lobby")]

@@ -7,8 +7,10 @@
 //! a [`ChannelGroup`], whose overflow policy handles members that do not keep up.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use tethernet::{Channel, ChannelGroup, MessageSize, Overflow};
 
@@ -56,6 +58,16 @@ pub struct Limits {
     pub max_replay: u32,
     /// What a room does with a member whose outbound queue is full.
     pub slow_member: Overflow,
+    /// Largest reply, in bytes of JSON (a frame): history pages are cut to fit.
+    pub max_reply: usize,
+    /// Failed logins allowed per address (IPv6: per /64) in `login_window`; further
+    /// logins are refused with `rate_limited` and the connection closed. 0: no limit.
+    pub login_failures: u32,
+    /// The window `login_failures` counts in.
+    pub login_window: Duration,
+    /// A connection that has not logged in this long after it opened is closed
+    /// (`login_timeout`); `None`: no deadline.
+    pub login_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -65,7 +77,117 @@ impl Default for Limits {
             max_rooms_per_connection: 64,
             max_replay: 1000,
             slow_member: Overflow::CloseSlowConsumer,
+            max_reply: 64 * 1024 - 4,
+            login_failures: 10,
+            login_window: Duration::from_secs(60),
+            login_timeout: Some(Duration::from_secs(10)),
         }
+    }
+}
+
+/// Most addresses the login limiter tracks at once (about 64 bytes each).
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// Failed logins per address in a fixed window, in a table capped at
+/// [`MAX_TRACKED_ADDRESSES`] entries: expired windows are pruned (at most once per window,
+/// and whenever the table is full), and when it is still full the entry with the oldest
+/// window makes room. IPv6 addresses count per /64 (one host's usual allocation); an
+/// IPv4-mapped address counts as its IPv4 address.
+pub struct LoginLimiter {
+    max_failures: u32,
+    window: Duration,
+    capacity: usize,
+    table: Mutex<LimiterTable>,
+}
+
+struct LimiterTable {
+    windows: HashMap<IpAddr, (Instant, u32)>,
+    pruned: Option<Instant>,
+}
+
+impl LoginLimiter {
+    /// At most `max_failures` (0: no limit) per `window`, tracking at most `capacity`
+    /// addresses.
+    pub fn new(max_failures: u32, window: Duration, capacity: usize) -> LoginLimiter {
+        LoginLimiter {
+            max_failures,
+            window,
+            capacity: capacity.max(1),
+            table: Mutex::new(LimiterTable {
+                windows: HashMap::new(),
+                pruned: None,
+            }),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, LimiterTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The key `ip` counts under.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+            },
+        }
+    }
+
+    /// Whether `ip` may try to log in at `now`.
+    pub fn allowed(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.max_failures == 0 {
+            return true;
+        }
+        match self.table().windows.get(&Self::key(ip)) {
+            Some((start, failures)) => {
+                now.duration_since(*start) >= self.window || *failures < self.max_failures
+            }
+            None => true,
+        }
+    }
+
+    /// Counts a failed login from `ip` at `now`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        if self.max_failures == 0 {
+            return;
+        }
+        let key = Self::key(ip);
+        let window = self.window;
+        let mut table = self.table();
+        let due = table
+            .pruned
+            .is_none_or(|pruned| now.duration_since(pruned) >= window);
+        let full = table.windows.len() >= self.capacity && !table.windows.contains_key(&key);
+        if due || full {
+            table
+                .windows
+                .retain(|_, (start, _)| now.duration_since(*start) < window);
+            table.pruned = Some(now);
+        }
+        if table.windows.len() >= self.capacity && !table.windows.contains_key(&key) {
+            let oldest = table
+                .windows
+                .iter()
+                .min_by_key(|(_, (start, _))| *start)
+                .map(|(ip, _)| *ip);
+            if let Some(oldest) = oldest {
+                table.windows.remove(&oldest);
+            }
+        }
+        let entry = table.windows.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.table().windows.len()
     }
 }
 
@@ -80,6 +202,12 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Gap notices sent after a bus interruption, plus `join`s with `since` replayed.
     pub recoveries: AtomicU64,
+    /// Logins refused for a bad or expired token.
+    pub login_failures: AtomicU64,
+    /// Logins refused because their address had too many failures.
+    pub logins_rate_limited: AtomicU64,
+    /// Connections closed for not logging in in time.
+    pub login_timeouts: AtomicU64,
 }
 
 /// A room with local members.
@@ -102,6 +230,8 @@ pub struct Node {
     pub limits: Limits,
     /// Counters.
     pub counters: Counters,
+    /// Failed logins per address.
+    pub logins: LoginLimiter,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -130,6 +260,11 @@ impl Node {
             store,
             signer,
             bus,
+            logins: LoginLimiter::new(
+                limits.login_failures,
+                limits.login_window,
+                MAX_TRACKED_ADDRESSES,
+            ),
             limits,
             counters: Counters::default(),
             rooms: Mutex::new(HashMap::new()),
@@ -302,6 +437,31 @@ impl Node {
             "Gap notices sent after bus interruptions and joins replayed from a sequence number.",
             self.counters.recoveries.load(Ordering::Relaxed),
         );
+        for (name, help, counter) in [
+            (
+                "gateway_login_failures_total",
+                "Logins refused for a bad or expired token.",
+                &self.counters.login_failures,
+            ),
+            (
+                "gateway_logins_rate_limited_total",
+                "Logins refused because their address had too many failures.",
+                &self.counters.logins_rate_limited,
+            ),
+            (
+                "gateway_login_timeouts_total",
+                "Connections closed for not logging in in time.",
+                &self.counters.login_timeouts,
+            ),
+        ] {
+            metric(name, "counter", help, counter.load(Ordering::Relaxed));
+        }
+        metric(
+            "gateway_login_limiter_addresses",
+            "gauge",
+            "Addresses with recent failed logins (capped).",
+            self.logins.tracked() as u64,
+        );
         metric(
             "gateway_bus_reconnects_total",
             "counter",
@@ -326,5 +486,52 @@ impl Node {
             "Database pool connections in use.",
             u64::from(size).saturating_sub(idle as u64),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_login_limiter_counts_per_window_and_stays_capped() {
+        let limiter = LoginLimiter::new(3, Duration::from_secs(60), 4);
+        let t0 = Instant::now();
+        let ada: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.allowed(ada, t0));
+            limiter.failed(ada, t0);
+        }
+        assert!(!limiter.allowed(ada, t0 + Duration::from_secs(59)));
+        // The same host over IPv4-mapped IPv6 is the same address.
+        assert!(!limiter.allowed("::ffff:10.0.0.1".parse().unwrap(), t0));
+        assert!(
+            limiter.allowed(ada, t0 + Duration::from_secs(60)),
+            "a new window"
+        );
+        // IPv6 counts per /64.
+        for host in ["2001:db8::1", "2001:db8::2", "2001:db8:0:0:ffff::3"] {
+            limiter.failed(host.parse().unwrap(), t0);
+        }
+        assert!(!limiter.allowed("2001:db8::99".parse().unwrap(), t0));
+        assert!(limiter.allowed("2001:db8:0:1::1".parse().unwrap(), t0));
+        assert_eq!(limiter.tracked(), 2);
+        // Capped: many addresses never grow the table past its capacity; the oldest
+        // window makes room.
+        for i in 0..100u32 {
+            limiter.failed(
+                IpAddr::from(i.to_be_bytes()),
+                t0 + Duration::from_millis(u64::from(i)),
+            );
+            assert!(limiter.tracked() <= 4);
+        }
+        assert!(limiter.allowed(ada, t0), "evicted");
+        // Expired windows are pruned.
+        limiter.failed(ada, t0 + Duration::from_secs(3600));
+        assert_eq!(limiter.tracked(), 1);
+        // 0 disables it.
+        let off = LoginLimiter::new(0, Duration::from_secs(60), 4);
+        off.failed(ada, t0);
+        assert!(off.allowed(ada, t0) && off.tracked() == 0);
     }
 }

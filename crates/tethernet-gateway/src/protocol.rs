@@ -204,10 +204,16 @@ pub enum ErrorCode {
     NotJoined,
     /// The request is too large (a body, a room name).
     TooLarge,
-    /// The database failed; try again.
+    /// The database failed or did not answer in time; try again.
     Unavailable,
+    /// The database is out of space: nothing was stored; reads still work.
+    StorageFull,
     /// Too many rooms joined.
     TooManyRooms,
+    /// Too many failed logins from this address; the connection is closed.
+    RateLimited,
+    /// No login within the login deadline; the connection is closed.
+    LoginTimeout,
 }
 
 impl ServerMessage {
@@ -281,6 +287,13 @@ mod tests {
             ServerMessage::error(ErrorCode::NotJoined, "join first").to_json(),
             r#"{"type":"error","code":"not_joined","message":"join first"}"#
         );
+        for (code, text) in [
+            (ErrorCode::StorageFull, "storage_full"),
+            (ErrorCode::RateLimited, "rate_limited"),
+            (ErrorCode::LoginTimeout, "login_timeout"),
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), text);
+        }
     }
 
     #[test]

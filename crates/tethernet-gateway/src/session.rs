@@ -1,14 +1,22 @@
 //! One client's session: login, rooms, sending, history. Runs on a business executor
 //! (its database calls never hold an I/O thread), one message at a time per connection.
+//!
+//! Access control: a connection must log in within the login deadline (an owned timer
+//! closes it otherwise); failed logins are counted per address and, past the limit, refused
+//! with `rate_limited` and the connection closed; every request naming a room (`join`,
+//! `send`, `history`) is checked against the token's `rooms` claim.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tethernet::{Context, Handler, Result, TetherKey};
+use tethernet::{Channel, Context, Handler, Overflow, Result, TetherKey};
 
 use crate::node::{Node, Out};
 use crate::protocol::{valid_room, ClientMessage, ErrorCode, ServerMessage};
+use crate::store::StoreError;
 use crate::token::{self, Claims, TokenError};
+use crate::websocket::WsOut;
 
 /// Most messages in one history page.
 pub const MAX_HISTORY_PAGE: u32 = 200;
@@ -22,6 +30,8 @@ pub struct Session {
     claims: Option<Claims>,
     /// Rooms joined, each with its membership tethered to the connection.
     rooms: HashMap<String, TetherKey>,
+    /// The owned timer that closes the connection if it does not log in in time.
+    login_deadline: Option<TetherKey>,
 }
 
 impl Session {
@@ -31,6 +41,7 @@ impl Session {
             node,
             claims: None,
             rooms: HashMap::new(),
+            login_deadline: None,
         }
     }
 }
@@ -43,6 +54,21 @@ async fn reply(ctx: &mut Ctx<'_>, message: ServerMessage) -> Result<()> {
 
 async fn fail(ctx: &mut Ctx<'_>, code: ErrorCode, message: impl Into<String>) -> Result<()> {
     reply(ctx, ServerMessage::error(code, message)).await
+}
+
+/// Says why (an error, and over WebSocket a close frame with 1008 "policy violation"),
+/// then closes the connection. Never waits: a peer that does not read is closed anyway.
+fn refuse_and_close(channel: &Channel<Out>, code: ErrorCode, message: &str) {
+    let _ = channel.offer(
+        Out::msg(&ServerMessage::error(code, message)),
+        Overflow::DropNewest,
+    );
+    // The TCP codec writes no WebSocket frames.
+    let _ = channel.offer(
+        Out::Ws(WsOut::Close(1008, message.to_owned())),
+        Overflow::DropNewest,
+    );
+    channel.close();
 }
 
 impl Session {
@@ -72,14 +98,61 @@ impl Session {
 impl Handler<ClientMessage, Out> for Session {
     type Next = ClientMessage;
 
+    async fn active(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        if let Some(limit) = self.node.limits.login_timeout {
+            let channel = ctx.channel().clone();
+            let node = self.node.clone();
+            // Owned by the connection: cancelled when it closes, aborted at login.
+            self.login_deadline = Some(ctx.spawn(async move {
+                tokio::time::sleep(limit).await;
+                node.counters
+                    .login_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let message = format!(
+                    "no login within {} ms of connecting: send `login` with a token first",
+                    limit.as_millis()
+                );
+                refuse_and_close(&channel, ErrorCode::LoginTimeout, &message);
+            })?);
+        }
+        Ok(())
+    }
+
     async fn read(&mut self, ctx: &mut Ctx<'_>, message: ClientMessage) -> Result<()> {
         match message {
             ClientMessage::Login { token } => {
                 if self.claims.is_some() {
                     return fail(ctx, ErrorCode::AlreadyLoggedIn, "already logged in").await;
                 }
-                match self.node.signer.verify(&token, token::now()) {
+                let ip = ctx.peer_addr().ip();
+                let logins = &self.node.logins;
+                if !logins.allowed(ip, Instant::now()) {
+                    self.node
+                        .counters
+                        .logins_rate_limited
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(peer = %ctx.peer_addr(), "login refused: too many failed logins from this address");
+                    let message = format!(
+                        "too many failed logins from your address (at most {} in {} s): wait, then log in with a valid token",
+                        self.node.limits.login_failures,
+                        self.node.limits.login_window.as_secs()
+                    );
+                    refuse_and_close(ctx.channel(), ErrorCode::RateLimited, &message);
+                    return Ok(());
+                }
+                let verified = self.node.signer.verify(&token, token::now());
+                if verified.is_err() {
+                    logins.failed(ip, Instant::now());
+                    self.node
+                        .counters
+                        .login_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match verified {
                     Ok(claims) => {
+                        if let Some(deadline) = self.login_deadline.take() {
+                            ctx.channel().abort(deadline);
+                        }
                         let welcome = ServerMessage::Welcome {
                             user: claims.user.clone(),
                             rooms: claims.rooms.clone(),
@@ -89,10 +162,20 @@ impl Handler<ClientMessage, Out> for Session {
                         reply(ctx, welcome).await
                     }
                     Err(TokenError::Expired) => {
-                        fail(ctx, ErrorCode::TokenExpired, "the token has expired").await
+                        fail(
+                            ctx,
+                            ErrorCode::TokenExpired,
+                            "the token has expired: get a new one",
+                        )
+                        .await
                     }
                     Err(TokenError::Invalid) => {
-                        fail(ctx, ErrorCode::InvalidToken, "the token is not valid").await
+                        fail(
+                            ctx,
+                            ErrorCode::InvalidToken,
+                            "the token is not valid (malformed, or signed with another secret)",
+                        )
+                        .await
                     }
                 }
             }
@@ -228,15 +311,17 @@ impl Handler<ClientMessage, Out> for Session {
                 let limit = limit.unwrap_or(50).clamp(1, MAX_HISTORY_PAGE);
                 match self.node.store.before(&room, before, limit).await {
                     Ok((messages, more)) => {
-                        reply(
-                            ctx,
-                            ServerMessage::History {
-                                room,
-                                messages,
-                                more,
-                            },
-                        )
-                        .await
+                        match fit_page(room, messages, more, self.node.limits.max_reply) {
+                            Some(page) => reply(ctx, page).await,
+                            None => {
+                                fail(
+                                    ctx,
+                                    ErrorCode::TooLarge,
+                                    "a stored message is larger than a frame (--max-frame): raise --max-frame",
+                                )
+                                .await
+                            }
+                        }
                     }
                     Err(error) => self.unavailable(ctx, error).await,
                 }
@@ -259,14 +344,56 @@ impl Handler<ClientMessage, Out> for Session {
     }
 }
 
+/// A history page whose JSON fits in `max_bytes` (a frame): the oldest messages are left
+/// out (and `more` set) until it does; `None` when not even the newest fits.
+fn fit_page(
+    room: String,
+    mut messages: Vec<crate::protocol::ChatMessage>,
+    mut more: bool,
+    max_bytes: usize,
+) -> Option<ServerMessage> {
+    let size = |m: &crate::protocol::ChatMessage| {
+        serde_json::to_string(m).map_or(0, |json| json.len() + 1)
+    };
+    let mut total = 64 + room.len() + messages.iter().map(size).sum::<usize>();
+    let mut skip = 0;
+    while total > max_bytes && skip < messages.len() {
+        total -= size(&messages[skip]);
+        skip += 1;
+        more = true;
+    }
+    if skip == messages.len() && skip > 0 {
+        return None;
+    }
+    messages.drain(..skip);
+    Some(ServerMessage::History {
+        room,
+        messages,
+        more,
+    })
+}
+
 impl Session {
-    async fn unavailable(&self, ctx: &mut Ctx<'_>, error: crate::store::StoreError) -> Result<()> {
+    /// Answers a failed store call: `storage_full` when out of space, else `unavailable`.
+    async fn unavailable(&self, ctx: &mut Ctx<'_>, error: StoreError) -> Result<()> {
         tracing::warn!(%error, channel = %ctx.id(), "a database call failed");
-        fail(
-            ctx,
-            ErrorCode::Unavailable,
-            "the message store is unavailable; try again",
-        )
-        .await
+        let (code, message) = match error {
+            StoreError::Full(_) => (
+                ErrorCode::StorageFull,
+                "the message store is out of space: nothing was stored; reading (join, history) still works; try again later".to_owned(),
+            ),
+            StoreError::Timeout(limit) => (
+                ErrorCode::Unavailable,
+                format!(
+                    "the message store did not answer within {} ms; try again (a send retried with the same client_id is stored once)",
+                    limit.as_millis()
+                ),
+            ),
+            _ => (
+                ErrorCode::Unavailable,
+                "the message store is unavailable; try again (a send retried with the same client_id is stored once)".to_owned(),
+            ),
+        };
+        fail(ctx, code, message).await
     }
 }

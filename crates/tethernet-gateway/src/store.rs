@@ -3,29 +3,108 @@
 //! Each room has a monotonic sequence number (`rooms.last_seq`), taken in the same
 //! transaction that stores the message, so sequence numbers have no gaps and a retry with
 //! the same client id is stored once. The schema is embedded and migrated at start.
+//!
+//! Every call is bounded in time ([`StoreOptions::timeout`]): waiting for a pooled
+//! connection and the queries together. A connection whose call timed out or whose socket
+//! failed is detached from the pool and dropped at once (no I/O on it), so it can never
+//! hold a pool permit (sqlx 0.8 pings a returned connection with no time limit:
+//! transact-rs/sqlx#4349); a healthy one is pinged within the same bound before sqlx takes
+//! it back. PostgreSQL sessions also get server-side limits: `statement_timeout` (3/4 of
+//! the bound, so the server cancels a slow statement first and the connection stays
+//! usable), `idle_in_transaction_session_timeout` (a stalled client's locks go) and TCP
+//! keepalives (sqlx 0.8 cannot set them on its own socket).
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use crate::protocol::ChatMessage;
 
-/// Storage errors (the gateway answers `unavailable`).
+/// Storage errors (the gateway answers `unavailable` or `storage_full`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// From the database.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The call did not finish within the bound (no connection free, or no answer).
+    #[error("the database did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// Out of space: SQLite's `SQLITE_FULL` (disk, or `--sqlite-max-pages`), PostgreSQL's
+    /// `disk_full`. Nothing was written.
+    #[error("the database is out of space: {0}")]
+    Full(sqlx::Error),
     /// A configuration problem.
     #[error("{0}")]
     Config(String),
 }
+
+impl StoreError {
+    fn from_sqlx(error: sqlx::Error) -> StoreError {
+        let full = match &error {
+            // SQLITE_FULL is 13; PostgreSQL's disk_full is SQLSTATE 53100.
+            sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("13" | "53100")),
+            _ => false,
+        };
+        if full {
+            StoreError::Full(error)
+        } else {
+            StoreError::Database(error)
+        }
+    }
+
+    /// Whether the connection that produced this error must not be reused (its socket
+    /// failed or the call was abandoned midway).
+    fn breaks_connection(&self) -> bool {
+        match self {
+            // SQLite may have rolled the whole transaction back by itself after
+            // SQLITE_FULL, leaving sqlx's idea of the transaction depth wrong: a fresh
+            // connection is cheap.
+            StoreError::Timeout(_) | StoreError::Full(_) => true,
+            StoreError::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How the store connects and how long a call may take.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most pooled connections.
+    pub max_connections: u32,
+    /// Bound of every call: waiting for a connection plus the queries.
+    pub timeout: Duration,
+    /// SQLite only: cap the database at this many pages (`PRAGMA max_page_count`, a
+    /// quota; writes past it fail with [`StoreError::Full`]). Can be changed while
+    /// running with [`Store::set_sqlite_max_pages`].
+    pub sqlite_max_pages: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 8,
+            timeout: Duration::from_secs(5),
+            sqlite_max_pages: None,
+        }
+    }
+}
+
+/// Bound of one history pruning pass (it runs every minute).
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The embedded schema, applied in order; the version is recorded in `gateway_schema`.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -100,6 +179,9 @@ enum Pool {
 pub struct Store {
     pool: Pool,
     sql: Sql,
+    timeout: Duration,
+    /// The SQLite page cap applied to each connection before use (0: none).
+    max_pages: Arc<AtomicU64>,
 }
 
 /// Runs `$body` with `$p` bound to the pool of either backend (the body is compiled once
@@ -113,29 +195,104 @@ macro_rules! with_pool {
     };
 }
 
+/// Runs `$body` (a `Result<_, StoreError>` expression using `$conn`, a `&mut` connection
+/// of either backend) within the store's time bound. A connection whose call timed out or
+/// failed at the socket is detached and dropped without any I/O: its pool permit is
+/// released at once and the pool opens a fresh one when needed.
+macro_rules! with_connection {
+    ($store:expr, $timeout:expr, $conn:ident => $body:expr) => {
+        with_pool!($store, pool => {
+            let timeout: Duration = $timeout;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut pooled = match tokio::time::timeout_at(deadline, pool.acquire()).await {
+                Ok(Ok(pooled)) => pooled,
+                Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => return Err(StoreError::Timeout(timeout)),
+                Ok(Err(error)) => return Err(StoreError::from_sqlx(error)),
+            };
+            let outcome = {
+                let $conn = &mut *pooled;
+                tokio::time::timeout_at(deadline, async { $body }).await
+            };
+            let outcome = outcome.unwrap_or(Err(StoreError::Timeout(timeout)));
+            if outcome.as_ref().is_err_and(StoreError::breaks_connection) {
+                drop(pooled.detach());
+            }
+            outcome
+        })
+    };
+}
+
+/// `?` for sqlx results inside [`with_connection!`] bodies.
+trait OrStore<T> {
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T> OrStore<T> for Result<T, sqlx::Error> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(StoreError::from_sqlx)
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), with a pool of at most
-    /// `max_connections`, and migrates the schema.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`) and migrates the schema.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let timeout = options.timeout.max(Duration::from_millis(100));
+        let max_pages = Arc::new(AtomicU64::new(options.sqlite_max_pages.unwrap_or(0)));
         let pool = if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let connect = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5));
-            Pool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await?,
-            )
+                .busy_timeout(timeout);
+            let mut pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(timeout);
+            if options.sqlite_max_pages.is_some() {
+                // A per-connection setting: applied to new connections and, so that a
+                // change while running reaches every one, before each use.
+                let (on_connect, on_acquire) = (max_pages.clone(), max_pages.clone());
+                pool = pool
+                    .after_connect(move |conn, _| {
+                        let pages = on_connect.load(Ordering::Relaxed);
+                        Box::pin(async move { apply_max_pages(conn, pages).await })
+                    })
+                    .before_acquire(move |conn, _| {
+                        let pages = on_acquire.load(Ordering::Relaxed);
+                        Box::pin(async move { apply_max_pages(conn, pages).await.map(|()| true) })
+                    });
+            }
+            Pool::Sqlite(pool.connect_with(connect).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let statement_ms = (timeout.as_millis() * 3 / 4).max(50);
+            let connect = PgConnectOptions::from_str(url)?.options([
+                ("statement_timeout", statement_ms.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    timeout.as_millis().to_string(),
+                ),
+                ("tcp_keepalives_idle", "30".to_owned()),
+                ("tcp_keepalives_interval", "10".to_owned()),
+                ("tcp_keepalives_count", "3".to_owned()),
+            ]);
             Pool::Postgres(
                 PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect(url)
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(timeout)
+                    // sqlx pings a returned connection with no time limit; ping it here
+                    // first, within the bound: one that does not answer is closed hard.
+                    .after_release(move |conn, _| {
+                        Box::pin(async move {
+                            match tokio::time::timeout(timeout, conn.ping()).await {
+                                Ok(Ok(())) => Ok(true),
+                                Ok(Err(error)) => Err(error),
+                                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "no answer to a ping on release",
+                                ))),
+                            }
+                        })
+                    })
+                    .connect_with(connect)
                     .await?,
             )
         } else {
@@ -148,9 +305,31 @@ impl Store {
         let store = Store {
             pool,
             sql: Sql::new(postgres),
+            timeout,
+            max_pages,
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// SQLite: changes the page cap (see [`StoreOptions::sqlite_max_pages`]) for every
+    /// connection from its next use on; 0 removes it. Only when the store was opened with
+    /// a cap.
+    pub fn set_sqlite_max_pages(&self, pages: u64) {
+        self.max_pages.store(pages, Ordering::Relaxed);
+    }
+
+    /// SQLite: `PRAGMA integrity_check` (`"ok"` when the database is sound).
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+                    .fetch_all(pool)
+                    .await?;
+                Ok(rows.join("; "))
+            }
+            Pool::Postgres(_) => Ok("ok".to_owned()),
+        }
     }
 
     /// The SQLite URL for a data directory (created if missing).
@@ -209,27 +388,28 @@ impl Store {
         time_ms: i64,
     ) -> Result<(ChatMessage, bool), StoreError> {
         let sql = &self.sql;
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+        with_connection!(self, self.timeout, conn => {
+            let mut tx = conn.begin().await.db()?;
             // Taking the sequence number first takes the write lock first (SQLite: no
             // read-to-write upgrade that could fail under contention).
-            let seq: i64 = sqlx::query_scalar(&sql.next_seq).bind(room).fetch_one(&mut *tx).await?;
+            let seq: i64 = sqlx::query_scalar(&sql.next_seq).bind(room).fetch_one(&mut *tx).await.db()?;
             if let Some(client_id) = client_id {
                 let existing = sqlx::query(&sql.find_client_id)
                     .bind(room)
                     .bind(sender)
                     .bind(client_id)
                     .fetch_optional(&mut *tx)
-                    .await?;
+                    .await
+                    .db()?;
                 if let Some(row) = existing {
                     // Undo the sequence number taken above.
-                    tx.rollback().await?;
+                    tx.rollback().await.db()?;
                     let message = ChatMessage {
                         room: room.to_owned(),
-                        seq: row.try_get(0)?,
+                        seq: row.try_get(0).db()?,
                         sender: sender.to_owned(),
                         body: body.to_owned(),
-                        time: row.try_get(1)?,
+                        time: row.try_get(1).db()?,
                     };
                     return Ok((message, true));
                 }
@@ -242,9 +422,10 @@ impl Store {
                 .bind(client_id)
                 .bind(time_ms)
                 .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok((
+                .await
+                .db()?;
+            tx.commit().await.db()?;
+            Ok::<_, StoreError>((
                 ChatMessage {
                     room: room.to_owned(),
                     seq,
@@ -265,14 +446,15 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let sql = &self.sql;
-        with_pool!(self, pool => {
+        with_connection!(self, self.timeout, conn => {
             let rows = sqlx::query(&sql.after)
                 .bind(room)
                 .bind(after)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
-            rows.iter().map(|row| message(room, row)).collect()
+                .fetch_all(&mut *conn)
+                .await
+                .db()?;
+            rows.iter().map(|row| message(room, row)).collect::<Result<Vec<_>, _>>()
         })
     }
 
@@ -286,13 +468,14 @@ impl Store {
     ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
         let sql = &self.sql;
         let before = before.unwrap_or(i64::MAX);
-        with_pool!(self, pool => {
+        with_connection!(self, self.timeout, conn => {
             let rows = sqlx::query(&sql.before)
                 .bind(room)
                 .bind(before)
                 .bind(i64::from(limit) + 1)
-                .fetch_all(pool)
-                .await?;
+                .fetch_all(&mut *conn)
+                .await
+                .db()?;
             let more = rows.len() > limit as usize;
             let mut messages = rows
                 .iter()
@@ -300,16 +483,16 @@ impl Store {
                 .map(|row| message(room, row))
                 .collect::<Result<Vec<_>, _>>()?;
             messages.reverse();
-            Ok((messages, more))
+            Ok::<_, StoreError>((messages, more))
         })
     }
 
     /// The newest sequence number of `room` (0 when it has none).
     pub async fn latest(&self, room: &str) -> Result<i64, StoreError> {
         let sql = &self.sql;
-        with_pool!(self, pool => {
-            let seq: Option<i64> = sqlx::query_scalar(&sql.latest).bind(room).fetch_optional(pool).await?;
-            Ok(seq.unwrap_or(0))
+        with_connection!(self, self.timeout, conn => {
+            let seq: Option<i64> = sqlx::query_scalar(&sql.latest).bind(room).fetch_optional(&mut *conn).await.db()?;
+            Ok::<_, StoreError>(seq.unwrap_or(0))
         })
     }
 
@@ -317,16 +500,25 @@ impl Store {
     /// `max_age_ms` (0: no age limit); returns how many were deleted.
     pub async fn prune(&self, keep: i64, max_age_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
         let sql = &self.sql;
-        with_pool!(self, pool => {
-            let mut deleted = sqlx::query(&sql.prune_count).bind(keep).execute(pool).await?.rows_affected();
+        // A bigger bound than a client's call: after an outage there may be a lot to delete.
+        let postgres = matches!(self.pool, Pool::Postgres(_));
+        with_connection!(self, PRUNE_TIMEOUT, conn => {
+            let mut tx = conn.begin().await.db()?;
+            if postgres {
+                let ms = PRUNE_TIMEOUT.as_millis() * 3 / 4;
+                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}")).execute(&mut *tx).await.db()?;
+            }
+            let mut deleted = sqlx::query(&sql.prune_count).bind(keep).execute(&mut *tx).await.db()?.rows_affected();
             if max_age_ms > 0 {
                 deleted += sqlx::query(&sql.prune_age)
                     .bind(now_ms - max_age_ms)
-                    .execute(pool)
-                    .await?
+                    .execute(&mut *tx)
+                    .await
+                    .db()?
                     .rows_affected();
             }
-            Ok(deleted)
+            tx.commit().await.db()?;
+            Ok::<_, StoreError>(deleted)
         })
     }
 
@@ -347,6 +539,15 @@ impl Store {
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }
+}
+
+/// Sets SQLite's page cap on one connection (0: back to SQLite's own maximum).
+async fn apply_max_pages(conn: &mut sqlx::SqliteConnection, pages: u64) -> Result<(), sqlx::Error> {
+    let pages = if pages == 0 { 4_294_967_294 } else { pages };
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 fn message<R: Row>(room: &str, row: &R) -> Result<ChatMessage, StoreError>
@@ -392,7 +593,11 @@ mod tests {
     #[tokio::test]
     async fn sqlite_sequences_history_and_idempotency() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&Store::sqlite_url(dir.path()).unwrap(), 4)
+        let options = StoreOptions {
+            max_connections: 4,
+            ..StoreOptions::default()
+        };
+        let store = Store::connect(&Store::sqlite_url(dir.path()).unwrap(), &options)
             .await
             .unwrap();
         let (m1, dup) = store
@@ -439,7 +644,7 @@ mod tests {
         assert_eq!(store.after("lobby", 0, 10).await.unwrap()[0].seq, 2);
         // Reopening migrates nothing twice.
         store.close().await;
-        let store = Store::connect(&Store::sqlite_url(dir.path()).unwrap(), 2)
+        let store = Store::connect(&Store::sqlite_url(dir.path()).unwrap(), &options)
             .await
             .unwrap();
         assert_eq!(store.latest("lobby").await.unwrap(), 3);

@@ -47,7 +47,7 @@ impl Default for FanoutSettings {
     fn default() -> Self {
         FanoutSettings {
             senders: 4,
-            rate: 200,
+            rate: 100,
             max_messages: 100_000,
         }
     }

@@ -417,3 +417,245 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// What the [`FaultProxy`] does with the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Forwards both ways.
+    Pass,
+    /// Holds everything (a database that stopped answering, or a black-holed network):
+    /// connections stay open and accepted, bytes wait in the sockets until `Pass`.
+    Stall,
+    /// Closes every proxied connection and each new one at once (a database that is
+    /// down).
+    Cut,
+}
+
+/// Most connections the proxy relays at once (more are closed at accept).
+const MAX_PROXIED: usize = 64;
+
+/// A TCP proxy on a loopback port in front of a real service, for fault tests: real
+/// sockets, relays owned by the proxy's task (a `JoinSet`, aborted when the proxy is
+/// dropped), at most [`MAX_PROXIED`] connections.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    link: tokio::sync::watch::Sender<Link>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (link, watch) = tokio::sync::watch::channel(Link::Pass);
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(proxy_accept(listener, upstream, watch, open.clone()));
+        FaultProxy {
+            addr,
+            link,
+            open,
+            task,
+        }
+    }
+
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+
+    /// Connections relayed now.
+    pub fn connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_accept(
+    listener: tokio::net::TcpListener,
+    upstream: SocketAddr,
+    watch: tokio::sync::watch::Receiver<Link>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut relays = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if *watch.borrow() == Link::Cut || relays.len() >= MAX_PROXIED {
+                    drop(client);
+                    continue;
+                }
+                relays.spawn(relay(client, upstream, watch.clone(), open.clone()));
+            }
+            Some(_) = relays.join_next(), if !relays.is_empty() => {}
+        }
+    }
+}
+
+/// Counts a relayed connection while it lives.
+struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut watch: tokio::sync::watch::Receiver<Link>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    // A stalled service does not even complete its handshake: connect only when passing.
+    if !passing(&mut watch).await {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = Open(open);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    // Either side ending ends both (the halves drop: both sockets close).
+    tokio::select! {
+        () = pump(client_read, server_write, watch.clone()) => {}
+        () = pump(server_read, client_write, watch) => {}
+    }
+}
+
+/// Waits while stalled; false once cut.
+async fn passing(watch: &mut tokio::sync::watch::Receiver<Link>) -> bool {
+    loop {
+        match *watch.borrow_and_update() {
+            Link::Pass => return true,
+            Link::Cut => return false,
+            Link::Stall => {}
+        }
+        if watch.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut watch: tokio::sync::watch::Receiver<Link>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !passing(&mut watch).await {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = watch.changed() => continue,
+        };
+        // Bytes read just as the link stalled wait for it too.
+        if !passing(&mut watch).await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The address of the PostgreSQL server a URL names.
+pub async fn postgres_addr(url: &str) -> SocketAddr {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).unwrap();
+    let host = options.get_host().to_owned();
+    let mut addrs = tokio::net::lookup_host((host, options.get_port()))
+        .await
+        .unwrap();
+    addrs
+        .next()
+        .unwrap_or_else(|| panic!("cannot resolve the host of {url}"))
+}
+
+/// `url` with its host and port replaced by `addr`.
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let start = url.find("://").expect("a URL") + 3;
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let host_start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    format!("{}{addr}{}", &url[..host_start], &url[end..])
+}
+
+/// A plain HTTP/1.1 GET with extra header lines: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(READ_LIMIT, stream.read_to_end(&mut response))
+        .await
+        .expect("an HTTP answer within the hang guard")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}
+
+/// One gauge or counter from the gateway's `/metrics`.
+pub async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let (status, text) = http_get(admin, "/metrics", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on /metrics"))
+}
+
+/// The database pool on `/metrics`: (connections, idle, in use).
+pub async fn pool_figures(admin: SocketAddr) -> (u64, u64, u64) {
+    (
+        metric(admin, "gateway_db_pool_connections").await,
+        metric(admin, "gateway_db_pool_idle").await,
+        metric(admin, "gateway_db_pool_in_use").await,
+    )
+}
+
+/// The next reply that is not a push (`message`, `gap`); pushes read meanwhile are kept.
+pub async fn answer<C: Messages>(client: &mut C) -> Value {
+    if let Some(at) = client
+        .pending()
+        .iter()
+        .position(|m| m["type"] != "message" && m["type"] != "gap")
+    {
+        return client.pending().remove(at).unwrap();
+    }
+    loop {
+        let message = client
+            .read_from_socket()
+            .await
+            .expect("closed while waiting for a reply");
+        if message["type"] == "message" || message["type"] == "gap" {
+            client.pending().push_back(message);
+        } else {
+            return message;
+        }
+    }
+}
