@@ -114,6 +114,36 @@ pub struct Settings {
     /// history) or "drop-oldest" [default: close]
     #[arg(long, global = true, env = "TETHERNET_GATEWAY_SLOW_MEMBER")]
     pub slow_member: Option<String>,
+    /// TLS certificate chain (PEM, leaf first): with --tls-key, both listeners serve TLS
+    /// (TCP frames over TLS, and wss://) [default: no TLS]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert [default: no TLS]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A TLS handshake not finished within this many ms is dropped [default: 10000]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_TLS_HANDSHAKE_TIMEOUT_MS"
+    )]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// TLS handshakes in progress at once, per listener; others wait their turn within
+    /// the handshake timeout [default: 256]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_TLS_MAX_HANDSHAKES")]
+    pub tls_max_handshakes: Option<usize>,
+    /// A peer that starts a frame (or the WebSocket upgrade request) and does not finish
+    /// it within this many ms is closed (slowloris); 0 for no limit [default: 10000]
+    #[arg(long, global = true, env = "TETHERNET_GATEWAY_FRAME_TIMEOUT_MS")]
+    pub frame_timeout_ms: Option<u64>,
+    /// Most open connections from one IP address, per listener (clients behind one NAT or
+    /// proxy share an address) [default: 1000]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHERNET_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// Calls `$then!(args..., every field)`.
@@ -122,7 +152,8 @@ macro_rules! fields {
         $then!($($args)* tcp, ws, ws_path, admin, admin_token, data_dir, database_url, bus_url,
             secret, io_threads, executor_threads, max_connections, max_frame, max_body, max_rooms,
             history_keep, history_days, db_pool, db_timeout_ms, sqlite_max_pages, login_failures,
-            login_timeout_ms, slow_member)
+            login_timeout_ms, slow_member, tls_cert, tls_key, tls_handshake_timeout_ms,
+            tls_max_handshakes, frame_timeout_ms, max_connections_per_address)
     };
 }
 
@@ -180,6 +211,25 @@ impl Settings {
                 .parse()
                 .map(Some)
                 .map_err(|e| format!("--admin `{addr}`: {e} (an address, or `off`)")),
+        }
+    }
+
+    /// TLS for both listeners, when a certificate and key are set.
+    pub fn tls(&self) -> Result<Option<tethernet::tls::TlsSettings>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                let mut tls = tethernet::tls::TlsSettings::from_pem_files(cert, key)
+                    .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+                if let Some(ms) = self.tls_handshake_timeout_ms {
+                    tls = tls.handshake_timeout(std::time::Duration::from_millis(ms.max(1)));
+                }
+                if let Some(handshakes) = self.tls_max_handshakes {
+                    tls = tls.max_concurrent_handshakes(handshakes);
+                }
+                Ok(Some(tls))
+            }
+            _ => Err("TLS needs both --tls-cert and --tls-key (PEM files)".into()),
         }
     }
 

@@ -92,15 +92,29 @@ impl Gateway {
         let ws_addr = settings
             .ws
             .unwrap_or_else(|| "127.0.0.1:7001".parse().expect("an address"));
-        let tcp = Server::builder()
-            .event_loop_group(group.clone())
-            .max_connections(max_connections)
+        let tls = settings.tls()?;
+        let listener = |group: EventLoopGroup| {
+            let mut builder = Server::builder()
+                .event_loop_group(group)
+                .max_connections(max_connections)
+                .max_connections_per_address(settings.max_connections_per_address.unwrap_or(1000));
+            if let Some(ms) = settings
+                .frame_timeout_ms
+                .or(Some(10_000))
+                .filter(|ms| *ms > 0)
+            {
+                builder = builder.frame_timeout(Duration::from_millis(ms));
+            }
+            if let Some(tls) = &tls {
+                builder = builder.tls(tls.clone());
+            }
+            builder
+        };
+        let tcp = listener(group.clone())
             .bind(tcp_addr)
             .await
             .map_err(|e| format!("cannot listen on {tcp_addr} (TCP): {e}"))?;
-        let ws = Server::builder()
-            .event_loop_group(group)
-            .max_connections(max_connections)
+        let ws = listener(group)
             .bind(ws_addr)
             .await
             .map_err(|e| format!("cannot listen on {ws_addr} (WebSocket): {e}"))?;

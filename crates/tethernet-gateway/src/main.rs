@@ -117,8 +117,9 @@ fn serve(settings: Settings) -> Result<(), String> {
         let addresses = gateway.addresses();
         let node = gateway.node();
         println!("tethernet-gateway is up");
-        println!("  TCP frames  {}  (4-byte big-endian length + JSON; docs/PROTOCOL.md)", addresses.tcp);
-        println!("  WebSocket   ws://{}{}  (chat page: http://{}/)", addresses.ws, settings.ws_path.as_deref().unwrap_or("/ws"), addresses.ws);
+        let (tls, ws, http) = if settings.tls_cert.is_some() { (" over TLS", "wss", "https") } else { ("", "ws", "http") };
+        println!("  TCP frames  {}  (4-byte big-endian length + JSON{tls}; docs/PROTOCOL.md)", addresses.tcp);
+        println!("  WebSocket   {ws}://{}{}  (chat page: {http}://{}/)", addresses.ws, settings.ws_path.as_deref().unwrap_or("/ws"), addresses.ws);
         if let Some(admin) = addresses.admin {
             println!("  admin       http://{admin}/  (dashboard; /metrics)");
         }

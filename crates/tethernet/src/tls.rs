@@ -22,8 +22,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! rustls keeps per-connection session state and record buffers (a few KiB) that the
-//! byte counters of [`crate::stats`] do not include.
+//! rustls keeps per-connection session state and record buffers that the byte counters
+//! of [`crate::stats`] do not include yet.
 
 use std::fmt;
 use std::io;
