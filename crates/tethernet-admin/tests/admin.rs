@@ -292,3 +292,100 @@ async fn every_endpoint_answers_with_well_formed_content() {
     serving.await.unwrap().unwrap();
     admin_serving.await.unwrap().unwrap();
 }
+
+/// A GET with extra header lines: (status, the whole response).
+async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    (
+        response.split(' ').nth(1).unwrap().parse().unwrap(),
+        response,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_loopback_rule_connection_cap_and_idle_timeout() {
+    const TOKEN: &str = "a-long-enough-admin-token";
+    // Not loopback: refused without a token, and a short token is refused anywhere.
+    let error = tethernet_admin::Admin::new()
+        .bind("0.0.0.0:0".parse().unwrap())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("bearer token"), "{error}");
+    let error = tethernet_admin::Admin::new()
+        .bearer_token("short")
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("at least 16"), "{error}");
+    let configured = tethernet_admin::Admin::new().bearer_token(TOKEN);
+    assert!(!format!("{configured:?}").contains(TOKEN));
+
+    let admin = configured
+        .max_connections(2)
+        .idle_timeout(Duration::from_secs(2))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = admin.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(admin.serve_until(async {
+        let _ = stopped.await;
+    }));
+
+    let right = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (path, headers, expected) in [
+        ("/metrics", String::new(), 401),
+        ("/nope", String::new(), 401),
+        ("/metrics", "Authorization: Bearer nope\r\n".to_owned(), 401),
+        (
+            "/metrics",
+            format!("Authorization: Bearer {TOKEN}!\r\n"),
+            401,
+        ),
+        ("/metrics", format!("Authorization: {TOKEN}\r\n"), 401),
+        ("/metrics", right.clone(), 200),
+        ("/nope", right.clone(), 404),
+    ] {
+        let (status, response) = get_with(addr, path, &headers).await;
+        assert_eq!(status, expected, "{path} {headers}: {response}");
+        if status == 401 {
+            assert!(response.contains("www-authenticate: Bearer"), "{response}");
+        }
+    }
+
+    // Two idle connections hold both slots: a third is not served until one goes.
+    let idle_a = TcpStream::connect(addr).await.unwrap();
+    let mut idle_b = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = tokio::spawn({
+        let right = right.clone();
+        async move { get_with(addr, "/metrics", &right).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!third.is_finished(), "served beyond the cap of 2");
+    drop(idle_a);
+    assert_eq!(third.await.unwrap(), 200, "served once a slot is free");
+    // The idle one is closed by the server after its idle timeout (2 s), not before.
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(20), idle_b.read(&mut byte))
+        .await
+        .expect("closed within the hang guard");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stop);
+    serving.await.unwrap().unwrap();
+}

@@ -56,7 +56,10 @@ impl Gateway {
         };
         let store = Store::connect(&database_url, &store_options)
             .await
-            .map_err(|e| format!("cannot open the database {}: {e}", redact(&database_url)))?;
+            .map_err(|e| {
+                let url = redact(&database_url);
+                format!("cannot open the database {url}: {e} (is it running and reachable? see --database-url)")
+            })?;
         let signer = Signer::new(&settings.secret()?)?;
         let bus = match &settings.bus_url {
             Some(url) => Bus::redis(url)
