@@ -131,7 +131,7 @@ impl Handler<ClientMessage, Out> for Session {
                         .counters
                         .logins_rate_limited
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(peer = %ctx.peer_addr(), "login refused: too many failed logins from this address");
+                    tracing::debug!(peer = %ctx.peer_addr(), "login refused: too many failed logins from this address");
                     let message = format!(
                         "too many failed logins from your address (at most {} in {} s): wait, then log in with a valid token",
                         self.node.limits.login_failures,

@@ -12,7 +12,9 @@
 //! it back. PostgreSQL sessions also get server-side limits: `statement_timeout` (3/4 of
 //! the bound, so the server cancels a slow statement first and the connection stays
 //! usable), `idle_in_transaction_session_timeout` (a stalled client's locks go) and TCP
-//! keepalives (sqlx 0.8 cannot set them on its own socket).
+//! keepalives (sqlx 0.8 cannot set them on its own socket). They travel as the startup
+//! parameter `options`: behind PgBouncer, list `options` in its `ignore_startup_parameters`
+//! and set them on the role instead (`ALTER ROLE ... SET statement_timeout = ...`).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -319,7 +321,8 @@ impl Store {
         self.max_pages.store(pages, Ordering::Relaxed);
     }
 
-    /// SQLite: `PRAGMA integrity_check` (`"ok"` when the database is sound).
+    /// SQLite: `PRAGMA integrity_check` (`"ok"` when the database is sound). PostgreSQL
+    /// has no such check: always `"ok"`.
     pub async fn integrity_check(&self) -> Result<String, StoreError> {
         match &self.pool {
             Pool::Sqlite(pool) => {
