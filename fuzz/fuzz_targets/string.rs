@@ -66,7 +66,7 @@ where
                 .expect("a decoded string re-encodes");
             assert_eq!(
                 decode_all(StringCodec::new(make()), &encoded),
-                [text.clone()]
+                std::slice::from_ref(text)
             );
         }
     }

@@ -44,7 +44,7 @@ impl Frame {
             Payload::Text(text) => text.as_bytes().to_vec(),
             Payload::Close(code, reason) => [&code.to_be_bytes()[..], reason.as_bytes()].concat(),
         };
-        let rsv = if self.rsv % 8 == 0 {
+        let rsv = if self.rsv.is_multiple_of(8) {
             self.rsv & 0x70
         } else {
             0
