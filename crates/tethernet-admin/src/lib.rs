@@ -63,7 +63,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-pub use alloc::{allocator_stats, process_resident_bytes, AllocatorStats};
+pub use alloc::{allocator_stats, process_resident_bytes, purge_in_background, AllocatorStats};
 #[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc;
 
@@ -220,6 +220,8 @@ impl Admin {
             }
             _ => {}
         }
+        // A server that shows its memory should also give freed memory back.
+        alloc::purge_in_background();
         let listener = TcpListener::bind(addr).await.map_err(|error| {
             io::Error::new(
                 error.kind(),
