@@ -314,3 +314,37 @@ async fn a_websocket_send_followed_by_close_is_stored_before_the_close() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_tcp_client_that_half_closes_after_sending_gets_every_answer() {
+    let gateway = start_default().await;
+    let mut client = TcpClient::connect(gateway.addrs.tcp).await;
+    client
+        .send(json!({"type": "login", "token": token_for("nc", &["lobby"], 3600)}))
+        .await;
+    client.send(json!({"type": "join", "room": "lobby"})).await;
+    for i in 0..20 {
+        client
+            .send(json!({"type": "send", "room": "lobby", "body": format!("line {i}")}))
+            .await;
+    }
+    client.send(json!({"type": "ping"})).await;
+    // Like `nc -N`: everything is sent, the sending side is shut; the answers still come.
+    client.shutdown_write().await;
+    assert_eq!(client.expect("welcome").await["user"], "nc");
+    for seq in 1..=20 {
+        assert_eq!(client.expect("ack").await["seq"], seq);
+    }
+    client.expect("pong").await;
+    // Then the gateway closes.
+    loop {
+        match client.recv().await {
+            None => break,
+            Some(message) => assert!(
+                message["type"] == "message" || message["type"] == "joined",
+                "{message}"
+            ),
+        }
+    }
+    gateway.stop().await;
+}

@@ -248,6 +248,7 @@ async fn serve<T, R, C, S, W>(
         fingerprint: 0,
         decoder: 0,
         read_size: config.initial_read_size,
+        end_of_stream: false,
         config: &config,
         stats: stats.clone(),
         tether: channel.shared.tether.clone(),
@@ -270,7 +271,17 @@ async fn serve<T, R, C, S, W>(
     // futures, the close timer) out of the connection task, which every idle connection
     // pays for.
     let closing = crate::panics::guarded(channel.id(), async {
-        Box::pin(close(outcome, &mut writer, &mut stages, channel, &config)).await;
+        // The peer ended its stream: the work it asked for is finished before the close.
+        let ended = reader.end_of_stream && outcome.is_ok();
+        Box::pin(close(
+            outcome,
+            ended,
+            &mut writer,
+            &mut stages,
+            channel,
+            &config,
+        ))
+        .await;
         Ok(())
     })
     .await;
@@ -316,8 +327,16 @@ impl Drop for ClosedGuard<'_> {
 }
 
 /// Tells the pipeline the connection is going away and flushes what is left.
+///
+/// When the peer ended its stream (`end_of_stream`: it has said all it will, and may
+/// still be reading), the work it asked for is finished first: business executors run
+/// the messages already queued for it (capped in bytes, within the close timeout) and
+/// their replies are written before handlers hear of the close, so a client that sends
+/// its requests and half-closes gets every answer. Any other close (asked for, an error,
+/// a shutdown) drops queued business work (G2).
 async fn close<T, C, S, W>(
     outcome: Result<()>,
+    end_of_stream: bool,
     writer: &mut Writer<'_, T, C, W>,
     stages: &mut S,
     channel: &Channel<W>,
@@ -328,6 +347,32 @@ async fn close<T, C, S, W>(
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
+    let finish_first = end_of_stream
+        && !channel.shared.close_requested()
+        && !channel.shared.shutting_down.load(Ordering::Relaxed);
+    if finish_first {
+        let limit = config.close_timeout;
+        let drained = {
+            let mut io = Io::direct(channel, writer);
+            tokio::time::timeout(limit, stages.drain(&mut io)).await
+        };
+        match drained {
+            Ok(Ok(())) => {
+                // The executors' replies are queued: write them before anything the
+                // handlers say on `inactive`.
+                let flush = poll_fn(|cx| writer.poll_flush_outbound(cx));
+                if tokio::time::timeout(limit, flush).await.is_err() {
+                    tracing::debug!(channel = %channel.id(), "the peer did not take the answers to its last requests in time");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(channel = %channel.id(), %error, "finishing the work queued before the peer's end of stream failed")
+            }
+            Err(_) => {
+                tracing::debug!(channel = %channel.id(), "the work queued before the peer's end of stream did not finish within the close timeout; dropping the rest")
+            }
+        }
+    }
     // From here on the connection is closing: executors stop taking its work, other
     // tasks' writes are refused, and no more frames are read.
     channel.close();
@@ -529,7 +574,10 @@ where
                                     stats.count_read(1);
                                     stages.read(&mut Io::direct(channel, writer), frame).await?;
                                 }
-                                Ok(None) => return Ok(()),
+                                Ok(None) => {
+                                    reader.end_of_stream = true;
+                                    return Ok(());
+                                }
                                 Err(error) => return Err(Error::Codec(Box::new(error))),
                             }
                         }
@@ -745,6 +793,8 @@ struct Reader<'a> {
     /// Bytes of a partial frame, moved from the read-buffer figure to the decoder's.
     decoder: usize,
     read_size: usize,
+    /// Set when the peer ended its stream (and every frame before it was handed on).
+    end_of_stream: bool,
     config: &'a ConnectionConfig,
     stats: Arc<ChannelStats>,
     tether: Arc<Tether>,
@@ -930,6 +980,9 @@ where
                 self.account();
                 return Poll::Ready(Ok(()));
             }
+            // What the buffer holds while the peer is not reading is counted now, not
+            // once it drains.
+            self.account();
             ready!(self.stream.poll_write_ready(cx))?;
         }
     }

@@ -7,7 +7,9 @@
 //! stops decoding and reading the socket (TCP backpressure) and resumes when the handler
 //! catches up. The drainer belongs to the connection: when the connection closes, queued
 //! messages are dropped (counted), the handlers' `inactive` runs, and the connection waits
-//! for the drainer to finish before it is gone.
+//! for the drainer to finish before it is gone. The exception is the peer's end of stream
+//! (it has sent all it will and may still be reading): the queued messages run first, within
+//! the close timeout, and their replies are written ([`Stage::drain`]).
 //!
 //! Two flavours:
 //! - **async**: `threads` event loops; each connection is pinned to one of them. Handlers
@@ -154,13 +156,15 @@ impl ExecutorBuilder {
 enum Item<M> {
     Read(M),
     Event(Event),
+    /// Answered once everything queued before it has run ([`Stage::drain`]).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 impl<M: MessageSize> MessageSize for Item<M> {
     fn message_size(&self) -> usize {
         match self {
             Item::Read(message) => message.message_size(),
-            Item::Event(_) => std::mem::size_of::<Self>(),
+            Item::Event(_) | Item::Barrier(_) => std::mem::size_of::<Self>(),
         }
     }
 }
@@ -312,6 +316,23 @@ where
         }
     }
 
+    async fn drain(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        let OffloadState::Running { queue, .. } = &self.state else {
+            return Ok(());
+        };
+        // A barrier behind what is queued: answered when the drainer reaches it, so
+        // every earlier message has run through the segment (which may itself offload
+        // further: the barrier then passes on from there).
+        let (done, ran) = tokio::sync::oneshot::channel();
+        if io.wait_for(queue.send(Item::Barrier(done))).await?.is_err() {
+            return Err(Error::Closed);
+        }
+        match io.serve_outbound_while(ran).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
     async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {
         // Errors are reported to the segment where they happen; the executor's segment
         // learns that the connection is closing through `inactive`.
@@ -342,6 +363,8 @@ struct Drainer<S, M, W> {
 enum Step<M> {
     Active,
     Item(Item<M>),
+    /// Wait for the segment's own offloaded work (a nested executor).
+    Drain,
     Inactive,
 }
 
@@ -368,6 +391,11 @@ where
                     dropped += 1;
                     continue;
                 }
+            }
+            if let Item::Barrier(done) = item {
+                failed = self.step(Step::Drain).await.is_err();
+                let _ = done.send(());
+                continue;
             }
             failed = self.step(Step::Item(item)).await.is_err();
         }
@@ -437,6 +465,8 @@ where
         Step::Active => segment.active(&mut io).await,
         Step::Item(Item::Read(message)) => segment.read(&mut io, message).await,
         Step::Item(Item::Event(event)) => segment.user_event(&mut io, &event).await,
+        Step::Item(Item::Barrier(_)) => Ok(()),
+        Step::Drain => segment.drain(&mut io).await,
         Step::Inactive => segment.inactive(&mut io).await,
     };
     if let Err(error) = &result {

@@ -172,24 +172,27 @@ impl Handshakes {
     /// Runs the server side of the handshake; `None` (counted, logged at debug) when it
     /// fails or takes too long.
     pub(crate) async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Option<ServerStream> {
+        // Held here, not inside the timeout, so that a failure is counted before the
+        // socket closes (a peer that sees the close then sees the count).
+        let mut handshake = std::pin::pin!(self.acceptor.accept(stream).into_fallible());
         let attempt = async {
             let _turn = self.turns.acquire().await.ok()?;
-            Some(self.acceptor.accept(stream).await)
+            Some(handshake.as_mut().await)
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Some(Ok(stream))) => Some(stream),
-            Ok(Some(Err(error))) => {
+        let failure = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Some(Ok(stream))) => return Some(stream),
+            Ok(Some(Err((error, _socket)))) => {
                 global().tls_handshake_failures.add(1);
-                tracing::debug!(%peer, %error, "TLS handshake failed; connection closed");
-                None
+                error.to_string()
             }
-            Ok(None) => None,
+            Ok(None) => return None,
             Err(_) => {
                 global().tls_handshake_failures.add(1);
-                tracing::debug!(%peer, timeout = ?self.timeout, "TLS handshake did not finish in time; connection closed");
-                None
+                format!("it did not finish within {:?}", self.timeout)
             }
-        }
+        };
+        tracing::debug!(%peer, %failure, "TLS handshake failed; connection closed");
+        None
     }
 }
 

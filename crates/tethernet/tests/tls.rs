@@ -128,8 +128,23 @@ async fn frames_echo_in_order_over_tls_small_and_large() {
 async fn a_peer_that_stops_reading_is_not_read_from_and_is_still_served_after() {
     let _serial = SERIAL.lock().await;
     let (settings, connector) = certificate();
-    let server = start(Server::builder().io_threads(1).tls(settings), echo_pipeline).await;
-    let stream = connect(&connector, server.addr).await;
+    // Small kernel buffers on both sides, so that the echoes back cannot all hide in
+    // them and the server's own write buffer must fill.
+    let server = start(
+        Server::builder()
+            .io_threads(1)
+            .send_buffer_size(16 * 1024)
+            .tls(settings),
+        echo_pipeline,
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Write 8 MiB without reading: the server's writes back fill the socket and its
     // write buffer; it must then stop reading (the writer blocks) rather than buffer.

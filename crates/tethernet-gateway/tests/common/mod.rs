@@ -198,6 +198,11 @@ impl TcpClient {
         self.expect("joined").await
     }
 
+    /// Shuts down the sending side (a half-close); the client can still read.
+    pub async fn shutdown_write(&mut self) {
+        self.stream.shutdown().await.unwrap();
+    }
+
     pub fn set_zero_linger(&self) {
         self.stream.set_zero_linger().unwrap();
     }

@@ -30,6 +30,9 @@ pub trait Stage<In, W>: Send + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// An error; every handler sees it.
     fn error(&mut self, io: &mut Io<'_, W>, error: &Error) -> impl Future<Output = ()> + Send;
+    /// Completes once the work handed to business executors so far has run (after the
+    /// peer's end of stream, before the close).
+    fn drain(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Adds a stage at the end of a chain (type-level list append).
@@ -59,6 +62,9 @@ impl<M: Send + 'static, W: Send + 'static> Stage<M, W> for Tail {
         Ok(())
     }
     async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {}
+    async fn drain(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<X> Append<X> for Tail {
@@ -223,6 +229,12 @@ where
         }
         self.forward.clear();
         self.next.error(io, error).await
+    }
+
+    async fn drain(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+        // Handlers on this thread have finished their calls; what they fired was handed
+        // on. Only later executors can hold work.
+        self.next.drain(io).await
     }
 }
 
