@@ -82,6 +82,11 @@ pub struct Config {
     pub duration: Duration,
     /// At most this long for counters to come back after the load.
     pub settle: Duration,
+    /// A warm-up load before the baseline (zero: a few exchanges only): the same
+    /// clients for this long, then a drain and a settle, so that what a first load
+    /// brings in for good (caches, allocator slabs, the binary's pages) is part of the
+    /// baseline and the verdict asks whether more load grows it further.
+    pub warmup: Duration,
     /// Where to write `report.json` and `chart.svg`.
     pub report: Option<PathBuf>,
     /// The gateway's token secret (gateway protocol).
@@ -495,6 +500,9 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
     for _ in 0..3 {
         answers(&config, &token).await;
     }
+    if !config.warmup.is_zero() && config.scenario.uses_clients() {
+        warm_up(&config, &token, started, &mut samples, &log).await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = snapshot(config.admin, started).await?;
     samples.push(baseline.clone());
@@ -575,26 +583,7 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
         }
         drop(held);
     } else {
-        let scenarios: Vec<Scenario> = match config.scenario {
-            Scenario::Mixed => vec![
-                Scenario::Churn,
-                Scenario::Storm,
-                Scenario::Slow,
-                Scenario::Bad,
-            ],
-            other => vec![other],
-        };
-        for index in 0..config.clients {
-            let scenario = scenarios[index % scenarios.len()];
-            clients.spawn(client(
-                config.clone(),
-                scenario,
-                index,
-                token.clone(),
-                tally.clone(),
-                deadline,
-            ));
-        }
+        spawn_clients(&config, &token, &tally, deadline, &mut clients);
         let total = config.duration.as_secs().max(1);
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -754,6 +743,88 @@ fn fanout_checks(fanout: &FanoutReport) -> Vec<Check> {
             fanout.members_lost == 0,
         ),
     ]
+}
+
+impl Scenario {
+    /// Whether the scenario is run by [`client`] tasks (not idle or fanout).
+    fn uses_clients(self) -> bool {
+        !matches!(self, Scenario::Idle | Scenario::Fanout)
+    }
+}
+
+/// Starts the scenario's clients, each bounded by `deadline`, owned by `clients`.
+fn spawn_clients(
+    config: &Arc<Config>,
+    token: &Arc<str>,
+    tally: &Arc<Tally>,
+    deadline: Instant,
+    clients: &mut JoinSet<()>,
+) {
+    let scenarios: Vec<Scenario> = match config.scenario {
+        Scenario::Mixed => vec![
+            Scenario::Churn,
+            Scenario::Storm,
+            Scenario::Slow,
+            Scenario::Bad,
+        ],
+        other => vec![other],
+    };
+    for index in 0..config.clients {
+        let scenario = scenarios[index % scenarios.len()];
+        clients.spawn(client(
+            config.clone(),
+            scenario,
+            index,
+            token.clone(),
+            tally.clone(),
+            deadline,
+        ));
+    }
+}
+
+/// The warm-up load: the scenario's clients for `config.warmup`, then a wait (bounded by
+/// `config.settle`) for the live counters to come back to zero, then one allocator decay
+/// period (jemalloc's is 10 s) so that the baseline is taken at rest.
+async fn warm_up(
+    config: &Arc<Config>,
+    token: &Arc<str>,
+    started: Instant,
+    samples: &mut Vec<Snapshot>,
+    log: &impl Fn(String),
+) -> std::io::Result<()> {
+    let tally = Arc::new(Tally::default());
+    let mut clients = JoinSet::new();
+    spawn_clients(
+        config,
+        token,
+        &tally,
+        Instant::now() + config.warmup,
+        &mut clients,
+    );
+    log(format!(
+        "warm-up: {} clients for {}s",
+        config.clients,
+        config.warmup.as_secs()
+    ));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            finished = clients.join_next() => if finished.is_none() { break },
+            _ = every.tick() => samples.push(snapshot(config.admin, started).await?),
+        }
+    }
+    let rest = Instant::now() + config.settle;
+    loop {
+        let now = snapshot(config.admin, started).await?;
+        let at_rest = now.live.values().all(|value| *value == 0);
+        samples.push(now);
+        if at_rest || Instant::now() >= rest {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    Ok(())
 }
 
 /// A memory figure back within `tolerance` of its baseline.

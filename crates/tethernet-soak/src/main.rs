@@ -37,6 +37,11 @@ struct Args {
     /// At most this many seconds for counters to come back after the load.
     #[arg(long, default_value_t = 30)]
     settle: u64,
+    /// Seconds of warm-up load before the baseline (0: a few exchanges only). Memory a
+    /// first load brings in for good (caches, allocator slabs) is then part of the
+    /// baseline, and the verdict asks whether more load grows it further.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Directory for report.json and chart.svg.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         clients: args.clients.max(1),
         duration: Duration::from_secs(args.duration.clamp(1, 3600)),
         settle: Duration::from_secs(args.settle.clamp(1, 600)),
+        warmup: Duration::from_secs(args.warmup.min(3600)),
         report: args.report.clone(),
         secret: args.secret,
         progress: true,

@@ -104,6 +104,7 @@ pub fn config(
         clients: 6,
         duration: Duration::from_secs(secs),
         settle: Duration::from_secs(5),
+        warmup: Duration::ZERO,
         report: None,
         secret: Some("soak-test-secret-0123456789".into()),
         progress: false,
