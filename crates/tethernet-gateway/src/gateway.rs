@@ -101,12 +101,9 @@ impl Gateway {
                 .event_loop_group(group)
                 .max_connections(max_connections)
                 .max_connections_per_address(settings.max_connections_per_address.unwrap_or(1000));
-            if let Some(ms) = settings
-                .frame_timeout_ms
-                .or(Some(10_000))
-                .filter(|ms| *ms > 0)
-            {
-                builder = builder.frame_timeout(Duration::from_millis(ms));
+            let frame_timeout_ms = settings.frame_timeout_ms.unwrap_or(10_000);
+            if frame_timeout_ms > 0 {
+                builder = builder.frame_timeout(Duration::from_millis(frame_timeout_ms));
             }
             if let Some(tls) = &tls {
                 builder = builder.tls(tls.clone());

@@ -327,12 +327,15 @@ struct MemberOutcome {
 /// error's code.
 type Reply = Result<i64, String>;
 
+/// Room for a sender's pending replies (it has one request in flight at a time).
+const REPLIES_BOUND: usize = 4;
+
 /// One member: reads until told to stop (or the connection ends), counting deliveries;
 /// passes acks and errors to its sender, if it is one.
 async fn member(
     shared: Arc<Shared>,
     mut frames: Frames,
-    replies: Option<mpsc::UnboundedSender<Reply>>,
+    replies: Option<mpsc::Sender<Reply>>,
     mut stop: watch::Receiver<bool>,
 ) -> MemberOutcome {
     let mut seen = Seen::new(shared.senders);
@@ -389,7 +392,7 @@ async fn member(
                 }
                 "ack" => match &replies {
                     Some(replies) => {
-                        let _ = replies.send(Ok(incoming.seq.unwrap_or(0)));
+                        let _ = replies.try_send(Ok(incoming.seq.unwrap_or(0)));
                     }
                     None => outcome.errors += 1,
                 },
@@ -401,7 +404,7 @@ async fn member(
                     );
                     match &replies {
                         Some(replies) => {
-                            let _ = replies.send(Err(code));
+                            let _ = replies.try_send(Err(code));
                         }
                         None => outcome.errors += 1,
                     }
@@ -451,7 +454,7 @@ async fn sender(
     shared: Arc<Shared>,
     index: usize,
     mut writer: OwnedWriteHalf,
-    mut replies: mpsc::UnboundedReceiver<Reply>,
+    mut replies: mpsc::Receiver<Reply>,
     interval: Option<Duration>,
     deadline: Instant,
 ) -> (OwnedWriteHalf, u64) {
@@ -603,7 +606,9 @@ pub async fn run_fanout(
                 report.joined += 1;
                 progress.joined.fetch_add(1, Ordering::Relaxed);
                 let replies = if index < senders {
-                    let (to_sender, from_reader) = mpsc::unbounded_channel();
+                    // A sender waits for each reply before it sends again: one is
+                    // pending at most, so a small bound never drops one.
+                    let (to_sender, from_reader) = mpsc::channel(REPLIES_BOUND);
                     sender_halves.push((index, write, from_reader));
                     Some(to_sender)
                 } else {

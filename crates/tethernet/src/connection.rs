@@ -351,17 +351,18 @@ async fn close<T, C, S, W>(
         && !channel.shared.close_requested()
         && !channel.shared.shutting_down.load(Ordering::Relaxed);
     if finish_first {
-        let limit = config.close_timeout;
+        // One close timeout for finishing the work and writing its answers.
+        let deadline = Instant::now() + config.close_timeout;
         let drained = {
             let mut io = Io::direct(channel, writer);
-            tokio::time::timeout(limit, stages.drain(&mut io)).await
+            tokio::time::timeout_at(deadline, stages.drain(&mut io)).await
         };
         match drained {
             Ok(Ok(())) => {
                 // The executors' replies are queued: write them before anything the
                 // handlers say on `inactive`.
                 let flush = poll_fn(|cx| writer.poll_flush_outbound(cx));
-                if tokio::time::timeout(limit, flush).await.is_err() {
+                if tokio::time::timeout_at(deadline, flush).await.is_err() {
                     tracing::debug!(channel = %channel.id(), "the peer did not take the answers to its last requests in time");
                 }
             }
