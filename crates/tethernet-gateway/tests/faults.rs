@@ -190,9 +190,12 @@ async fn postgres_slow_stalled_and_cut_off_then_back() {
     figures("stalled, just after the errors").await;
     let during = settled(admin).await;
     figures("still stalled, settled").await;
-    assert_eq!(
-        during.2, 0,
-        "no connection held while the database is stalled"
+    // Every connection a request used was let go. One may still be held by sqlx's own
+    // ping when a connection is returned, which has no time limit (it runs after the
+    // gateway's bounded ping): it goes when the link does, checked below.
+    assert!(
+        during.2 <= 1,
+        "at most sqlx's release ping holds a connection while the database is stalled: {during:?}"
     );
     proxy.set(Link::Pass);
     let seq = acked(&mut clients[2], "after the stall", "stalled").await;
