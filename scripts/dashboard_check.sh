@@ -135,6 +135,19 @@ if ((charts == 0)); then
     fail "no <canvas data-chart=...> elements found in the page"
 fi
 
+# The tasks card: "owned / unowned". With DASHBOARD_EXPECT_UNOWNED=1 (the CI run starts
+# tasks nobody owns on purpose), the unowned count must show and be above zero.
+tasks_card="$(grep -o '<div class="value" id="h-tasks">[^<]*' "$dom" | sed 's/.*>//' | head -n 1)"
+printf 'info card  tasks owned / unowned: %s\n' "${tasks_card:-?}"
+if [[ "${DASHBOARD_EXPECT_UNOWNED:-0}" == 1 ]]; then
+    unowned="$(sed -n 's/.* \/ \([0-9,]*\)$/\1/p' <<<"$tasks_card" | tr -d ,)"
+    if [[ -n "$unowned" && "$unowned" -gt 0 ]]; then
+        echo "ok   unowned tasks shown on the dashboard: $unowned"
+    else
+        fail "the dashboard shows no unowned tasks (card: '${tasks_card}')"
+    fi
+fi
+
 # Tables are informational only (they may legitimately be empty).
 while IFS= read -r tag; do
     [[ -z "$tag" ]] && continue

@@ -14,7 +14,7 @@ port="${DASHBOARD_ECHO_PORT:-17907}"
 admin_port="${DASHBOARD_ADMIN_PORT:-19907}"
 
 TETHERNET_LEAK_DETECTION=paranoid "$echo_bin" --listen "127.0.0.1:$port" \
-    --admin "127.0.0.1:$admin_port" --leak-every 40 --block-every 400 \
+    --admin "127.0.0.1:$admin_port" --leak-every 40 --block-every 400 --spawn-every 100 \
     >/tmp/tethernet-dashboard-echo.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
@@ -39,5 +39,5 @@ time.sleep(8)
 PY
 holder=$!
 sleep 1
-bash scripts/dashboard_check.sh "http://127.0.0.1:$admin_port" $screenshot
+DASHBOARD_EXPECT_UNOWNED=1 bash scripts/dashboard_check.sh "http://127.0.0.1:$admin_port" $screenshot
 wait "$holder"

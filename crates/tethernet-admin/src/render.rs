@@ -96,6 +96,43 @@ pub(crate) fn metrics(hooks: &[MetricsHook]) -> String {
     );
     metric(
         &mut out,
+        "tethernet_unowned_tasks_started_total",
+        "counter",
+        "Tasks handlers started themselves (plain tokio::spawn) on event loops, owned by nobody.",
+        g.unowned_tasks_started.get(),
+    );
+    metric(
+        &mut out,
+        "tethernet_budget_refusals_total",
+        "counter",
+        "Writes refused because their connection was at its memory budget.",
+        g.budget_refusals.get(),
+    );
+    let loops = tethernet::tasks::event_loops();
+    let _ = writeln!(
+        out,
+        "# HELP tethernet_loop_tasks Tasks alive on each event loop: owned (by the framework and connections) or unowned.
+# TYPE tethernet_loop_tasks gauge"
+    );
+    for event_loop in &loops {
+        let _ = writeln!(
+            out,
+            "tethernet_loop_tasks{{loop=\"{}\",owner=\"framework\"}} {}\ntethernet_loop_tasks{{loop=\"{}\",owner=\"unowned\"}} {}",
+            event_loop.name,
+            event_loop.framework_tasks,
+            event_loop.name,
+            event_loop.unowned_tasks
+        );
+    }
+    metric(
+        &mut out,
+        "tethernet_unowned_tasks",
+        "gauge",
+        "Tasks alive on event loops that nobody owns (all loops).",
+        loops.iter().map(|l| l.unowned_tasks).sum::<usize>(),
+    );
+    metric(
+        &mut out,
         "tethernet_leaks_total",
         "counter",
         "Leak reports: things alive a grace period after their connection closed.",
@@ -204,6 +241,22 @@ pub(crate) fn memory() -> Value {
         "bytes": kinds(|kind| g.bytes(kind).get()),
         "owned_tasks": g.owned_tasks.get(),
         "tethered_resources": g.tethered_resources.get(),
+        "unowned_tasks": tethernet::tasks::unowned_total(),
+        "unowned_tasks_started_total": g.unowned_tasks_started.get(),
+        "event_loops": tethernet::tasks::event_loops().iter().map(|l| json!({
+            "name": l.name,
+            "alive_tasks": l.alive_tasks,
+            "framework_tasks": l.framework_tasks,
+            "unowned_tasks": l.unowned_tasks,
+            "unowned_started": l.unowned_started,
+        })).collect::<Vec<_>>(),
+        "unowned_spawns": tethernet::tasks::unowned_spawns(20).iter().map(|s| json!({
+            "channel": s.channel.as_u64(),
+            "handler": s.handler,
+            "event_loop": s.event_loop,
+            "count": s.count,
+            "since_first_ms": s.since_first.as_millis() as u64,
+        })).collect::<Vec<_>>(),
         "leaks_total": g.leaks.get(),
         "blocked_io_total": g.blocked_io.get(),
         "dropped_messages_total": g.dropped_messages.get(),
@@ -238,6 +291,8 @@ pub(crate) fn connections(top: usize) -> Value {
                 "bytes": breakdown,
                 "owned_tasks": info.owned_tasks,
                 "tethered_resources": info.tethered_resources,
+                "unowned_tasks_started": info.unowned_tasks_started,
+                "handles": info.handles,
                 "messages_read": info.messages_read,
                 "messages_written": info.messages_written,
             })
@@ -260,7 +315,9 @@ pub(crate) fn leaks() -> Value {
                 "type": report.type_name,
                 "bytes": report.bytes,
                 "retained": report.retained,
-                "created_at": report.created_at.to_string(),
+                "count": report.count,
+                "created_at": report.created_at.map(|site| site.to_string()),
+                "handler": report.handler,
                 "age_ms": report.age.as_millis() as u64,
                 "closed_for_ms": report.closed_for.as_millis() as u64,
                 "reported_ms_ago": report.reported_at.elapsed().as_millis() as u64,

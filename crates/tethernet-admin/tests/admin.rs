@@ -216,7 +216,10 @@ async fn every_endpoint_answers_with_well_formed_content() {
             "inbound_queue",
             "outbound_queue",
             "write_buffer",
-            "tethered"
+            "tethered",
+            "fired",
+            "pending_writes",
+            "tasks"
         ]
         .iter()
         .map(|k| memory["bytes"][k].as_u64().unwrap())

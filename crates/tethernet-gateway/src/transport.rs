@@ -79,8 +79,8 @@ impl Handler<Frame, Out> for JsonFrames {
         ctx: &mut Context<'_, ClientMessage, Out>,
         frame: Frame,
     ) -> Result<()> {
-        ctx.fire_read(parse(serde_json::from_slice::<ClientMessage>(&frame)));
-        Ok(())
+        ctx.fire_read(parse(serde_json::from_slice::<ClientMessage>(&frame)))
+            .await
     }
 }
 
@@ -199,14 +199,14 @@ impl Handler<WsIn, Out> for WsStage {
                 }
             }
             WsIn::Text(text) => {
-                ctx.fire_read(parse(serde_json::from_str::<ClientMessage>(&text)));
-                Ok(())
+                ctx.fire_read(parse(serde_json::from_str::<ClientMessage>(&text)))
+                    .await
             }
             WsIn::Binary(_) => {
                 ctx.fire_read(ClientMessage::Invalid {
                     reason: "send JSON in text frames".into(),
-                });
-                Ok(())
+                })
+                .await
             }
             WsIn::Ping(payload) => ctx.write(Out::Ws(WsOut::Pong(payload))).await,
             WsIn::Pong(_) => Ok(()),
@@ -215,8 +215,8 @@ impl Handler<WsIn, Out> for WsStage {
                 // before it (`send` then `close` from a browser stores the message).
                 ctx.fire_read(ClientMessage::Closing {
                     code: close.map_or(1000, |(code, _)| code),
-                });
-                Ok(())
+                })
+                .await
             }
         }
     }

@@ -348,3 +348,29 @@ async fn a_tcp_client_that_half_closes_after_sending_gets_every_answer() {
     }
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_members_session_memory_is_counted_against_its_connection() {
+    let gateway = start_default().await;
+    let mut web = WsClient::connect(gateway.addrs.ws, "/ws").await;
+    web.send(json!({"type": "login", "token": token_for("mia", &["lobby"], 3600)}))
+        .await;
+    web.expect("welcome").await;
+    web.send(json!({"type": "join", "room": "lobby"})).await;
+    web.expect("joined").await;
+    // The session's state lives in the tasks that run the connection (its connection
+    // task and its executor drainer): each live connection is charged for them.
+    let connections = tethernet::stats::connections(10_000);
+    assert!(!connections.is_empty());
+    for info in &connections {
+        let tasks = info
+            .bytes
+            .iter()
+            .find(|(kind, _)| *kind == tethernet::MemoryKind::Tasks)
+            .map(|(_, bytes)| *bytes)
+            .unwrap();
+        assert!(tasks >= 1024, "task memory is counted: {info:?}");
+        assert!(info.total_bytes >= tasks);
+    }
+    gateway.stop().await;
+}

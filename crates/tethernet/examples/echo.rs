@@ -12,8 +12,8 @@
 //! echoed: replies still come back in order.
 //!
 //! With `--admin ADDR`, the admin server (metrics, debugging endpoints, dashboard at `/`)
-//! listens there. `--leak-every N` and `--block-every N` misbehave on purpose, to see leak
-//! reports and blocking reports appear.
+//! listens there. `--leak-every N`, `--spawn-every N` and `--block-every N` misbehave on
+//! purpose, to see leak reports, unowned tasks and blocking reports appear.
 
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ struct Args {
     /// --max-connections).
     #[arg(long, default_value_t = 0)]
     max_connections_per_address: usize,
+    /// The listen backlog (default: the framework's, `DEFAULT_BACKLOG`).
+    #[arg(long)]
+    backlog: Option<u32>,
     /// Pass each frame through a business handler on an executor before echoing it.
     #[arg(long, value_enum, default_value_t = Offload::None)]
     offload: Offload,
@@ -76,6 +79,11 @@ struct Args {
     /// reports; 0 = never).
     #[arg(long, default_value_t = 0)]
     block_every: u64,
+    /// Misbehave: on every Nth frame, start a plain `tokio::spawn` task that holds a copy
+    /// of the frame for 60 s (the fire-and-forget `Task.Run` of the story; to see unowned
+    /// tasks counted and reported; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    spawn_every: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,11 +111,13 @@ impl Handler<Frame, Frame> for Echo {
 static LEAKED: Mutex<Vec<Frame>> = Mutex::new(Vec::new());
 static FRAMES_SEEN: AtomicU64 = AtomicU64::new(0);
 
-/// Echoes, but keeps a copy of every Nth frame's bytes forever (`--leak-every`) or blocks
-/// the event loop on every Nth frame (`--block-every`).
+/// Echoes, but keeps a copy of every Nth frame's bytes forever (`--leak-every`), starts a
+/// task nobody owns (`--spawn-every`) or blocks the event loop on every Nth frame
+/// (`--block-every`).
 struct Misbehave {
     leak_every: u64,
     block_every: u64,
+    spawn_every: u64,
 }
 
 impl Handler<Frame, Frame> for Misbehave {
@@ -117,6 +127,14 @@ impl Handler<Frame, Frame> for Misbehave {
         let n = FRAMES_SEEN.fetch_add(1, Ordering::Relaxed) + 1;
         if self.block_every > 0 && n % self.block_every == 0 {
             std::thread::sleep(Duration::from_millis(25));
+        }
+        if self.spawn_every > 0 && n % self.spawn_every == 0 {
+            // What G2 forbids, done on purpose: nobody owns this task.
+            let copy = frame.clone().detach();
+            drop(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(copy);
+            }));
         }
         if self.leak_every > 0 && n % self.leak_every == 0 {
             // Cut here (so leak reports point at this line), kept forever, echoed as a copy.
@@ -146,7 +164,7 @@ impl Handler<Frame, Frame> for Jitter {
                 tokio::time::sleep(wait).await;
             }
         }
-        ctx.fire_read(frame);
+        ctx.fire_read(frame).await?;
         Ok(())
     }
 }
@@ -170,6 +188,9 @@ async fn main() -> Result<()> {
     }
     if args.max_connections_per_address > 0 {
         builder = builder.max_connections_per_address(args.max_connections_per_address);
+    }
+    if let Some(backlog) = args.backlog {
+        builder = builder.backlog(backlog);
     }
     let server = builder.bind(args.listen.as_str()).await?;
     println!(
@@ -195,9 +216,10 @@ async fn main() -> Result<()> {
     };
     let stop = CancellationToken::new();
     let max_frame = args.max_frame;
-    let (leak_every, block_every) = (args.leak_every, args.block_every);
+    let (leak_every, block_every, spawn_every) =
+        (args.leak_every, args.block_every, args.spawn_every);
     match args.offload {
-        Offload::None if leak_every == 0 && block_every == 0 => {
+        Offload::None if leak_every == 0 && block_every == 0 && spawn_every == 0 => {
             run(server, admin, stop, move || {
                 Pipeline::builder(LengthFieldCodec::new(max_frame))
                     .handler(Echo)
@@ -211,6 +233,7 @@ async fn main() -> Result<()> {
                     .handler(Misbehave {
                         leak_every,
                         block_every,
+                        spawn_every,
                     })
                     .build()
             })

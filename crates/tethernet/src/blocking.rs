@@ -127,7 +127,37 @@ fn intern_shared(name: &'static str) -> u32 {
     id
 }
 
-fn name(id: u32) -> &'static str {
+/// The name and interned id of a task spawned at `site`: "task spawned at FILE:LINE:COL".
+/// One string per spawn site in the program, made once.
+pub(crate) fn intern_site(site: &'static std::panic::Location<'static>) -> (&'static str, u32) {
+    /// A spawn site (file address, line, column) and its name and id.
+    type Sites = std::collections::HashMap<(usize, u32, u32), (&'static str, u32)>;
+    thread_local! {
+        static SITES: std::cell::RefCell<Sites> = std::cell::RefCell::new(Sites::new());
+    }
+    let key = (site.file().as_ptr() as usize, site.line(), site.column());
+    if let Some(found) = SITES.with(|sites| sites.borrow().get(&key).copied()) {
+        return found;
+    }
+    let mut names = names();
+    let label = format!("task spawned at {site}");
+    let found = match names.1.get(label.as_str()) {
+        Some(id) => (names.0[*id as usize], *id),
+        None => {
+            // Bounded by the spawn sites in the program's code.
+            let label: &'static str = Box::leak(label.into_boxed_str());
+            let id = names.0.len() as u32;
+            names.0.push(label);
+            names.1.insert(label, id);
+            (label, id)
+        }
+    };
+    drop(names);
+    SITES.with(|sites| sites.borrow_mut().insert(key, found));
+    found
+}
+
+pub(crate) fn name(id: u32) -> &'static str {
     names().0.get(id as usize).copied().unwrap_or(FRAMEWORK)
 }
 
@@ -157,6 +187,9 @@ impl Slot {
 struct Current {
     name: Cell<&'static str>,
     id: Cell<u32>,
+    /// The last handler that ran during the current connection poll (for attributing
+    /// tasks a handler starts itself, checked once per connection poll).
+    last: Cell<&'static str>,
     slot: OnceCell<Arc<Slot>>,
 }
 
@@ -165,6 +198,7 @@ thread_local! {
         Current {
             name: Cell::new(FRAMEWORK),
             id: Cell::new(0),
+            last: Cell::new(FRAMEWORK),
             slot: OnceCell::new(),
         }
     };
@@ -176,6 +210,16 @@ pub(crate) const FRAMEWORK: &str = "(framework code)";
 /// The handler running on this thread (or [`FRAMEWORK`]).
 pub(crate) fn running() -> &'static str {
     CURRENT.with(|current| current.name.get())
+}
+
+/// The connection this thread serves now (0: none).
+pub(crate) fn current_channel() -> u64 {
+    CURRENT.with(|current| {
+        current
+            .slot
+            .get()
+            .map_or(0, |slot| slot.channel.load(Ordering::Relaxed))
+    })
 }
 
 /// Makes `slot` this thread's: called once, first thing on an event-loop thread.
@@ -191,6 +235,7 @@ pub(crate) fn busy(channel: ChannelId) -> Busy {
     CURRENT.with(|current| {
         current.name.set(FRAMEWORK);
         current.id.set(0);
+        current.last.set(FRAMEWORK);
         match current.slot.get() {
             // Not nested in another poll of this thread (the parity says idle).
             Some(slot) if slot.seq.load(Ordering::Relaxed) % 2 == 0 => {
@@ -227,8 +272,16 @@ pub(crate) fn entering(name: &'static str, id: u32) -> (&'static str, u32) {
         if let Some(slot) = current.slot.get() {
             slot.handler.store(id, Ordering::Relaxed);
         }
+        if id != 0 {
+            current.last.set(name);
+        }
         (current.name.replace(name), current.id.replace(id))
     })
+}
+
+/// The last handler that ran during the current connection poll (or [`FRAMEWORK`]).
+pub(crate) fn last_handler() -> &'static str {
+    CURRENT.with(|current| current.last.get())
 }
 
 /// The watchdog of one event-loop group: a thread, stopped and joined on drop.

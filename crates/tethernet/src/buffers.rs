@@ -19,15 +19,27 @@ const MAX_POOLED: usize = 16;
 /// Buffers larger than this are freed instead of kept (a burst must not pin memory).
 const MAX_POOLED_CAPACITY: usize = 64 * 1024;
 
+/// One thread's pooled buffers, each with the bytes it adds to
+/// [`GlobalStats::pooled_bytes`](crate::stats::GlobalStats::pooled_bytes).
+struct Pool(Vec<(BytesMut, usize)>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let bytes: usize = self.0.iter().map(|(_, bytes)| bytes).sum();
+        crate::stats::global().pooled_bytes.sub(bytes);
+    }
+}
+
 thread_local! {
-    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
 }
 
 /// A buffer with room for at least `capacity` bytes.
 pub(crate) fn take(capacity: usize) -> BytesMut {
-    let pooled = POOL.with(|pool| pool.borrow_mut().pop());
+    let pooled = POOL.with(|pool| pool.borrow_mut().0.pop());
     match pooled {
-        Some(mut buffer) => {
+        Some((mut buffer, bytes)) => {
+            crate::stats::global().pooled_bytes.sub(bytes);
             // Reclaims the buffer's whole allocation when nothing else shares it; a buffer
             // still shared with frames a handler holds gets a fresh allocation instead.
             buffer.reserve(capacity);
@@ -47,8 +59,9 @@ pub(crate) fn give(mut buffer: BytesMut) {
     // `try_with`: a connection dropped while its thread shuts down frees its buffer.
     let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool.len() < MAX_POOLED {
-            pool.push(buffer);
+        if pool.0.len() < MAX_POOLED {
+            crate::stats::global().pooled_bytes.add(capacity);
+            pool.0.push((buffer, capacity));
         }
     });
 }

@@ -47,7 +47,14 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a closing connection may spend flushing (default 5 s).
+    /// The memory budget of each connection, all kinds together (default 4 MiB; see
+    /// [`ServerBuilder::max_connection_memory`](crate::ServerBuilder::max_connection_memory)).
+    pub fn max_connection_memory(mut self, bytes: usize) -> Self {
+        self.config.max_connection_memory = bytes.max(1);
+        self
+    }
+
+    /// How long a closing connection may spend flushing what is queued (default 5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -95,7 +102,9 @@ impl Client {
         let stream = stream.into_std()?;
         let config = self.config.clone();
         let task_channel = channel.clone();
-        let task = self.group.next().spawn(async move {
+        let (handle, event_loop) = self.group.next_loop();
+        let shared = channel.shared.clone();
+        let run = async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     connection::run(stream, pipeline, task_channel, outbound, config).await
@@ -105,7 +114,11 @@ impl Client {
                     task_channel.shared.closed.cancel();
                 }
             }
-        });
+        };
+        // Counted as the framework's task on its loop; its memory charged to the
+        // connection.
+        let task = handle.spawn(crate::tasks::connection_task(event_loop, &shared, run));
+        drop(shared);
         Ok(Connection {
             channel,
             task: Some(task),

@@ -60,7 +60,12 @@ pub(crate) struct ConnectionConfig {
     pub(crate) idle: Option<IdleTimeouts>,
     /// A partial frame must be completed within this long, if set (slowloris defence).
     pub(crate) frame_timeout: Option<Duration>,
+    /// The memory budget of one connection, all kinds together.
+    pub(crate) max_connection_memory: usize,
 }
+
+/// Default per-connection memory budget.
+pub(crate) const DEFAULT_CONNECTION_MEMORY: usize = 4 << 20;
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
@@ -75,6 +80,7 @@ impl Default for ConnectionConfig {
             max_owned_tasks: DEFAULT_MAX_OWNED_TASKS,
             idle: None,
             frame_timeout: None,
+            max_connection_memory: DEFAULT_CONNECTION_MEMORY,
         }
     }
 }
@@ -106,12 +112,13 @@ pub(crate) fn channel_for<W>(
         stats.clone(),
         MemoryKind::OutboundQueue,
     );
+    let id = ChannelId::next();
     let shared = Arc::new(ChannelShared {
-        id: ChannelId::next(),
+        id,
         peer,
         local,
         opened: std::time::Instant::now(),
-        tether: Tether::new(config.max_owned_tasks, stats.clone()),
+        tether: Tether::new(id, config.max_owned_tasks, stats.clone()),
         stats,
         close_requested: AtomicBool::new(false),
         close_timeout: config.close_timeout,
@@ -119,6 +126,9 @@ pub(crate) fn channel_for<W>(
         shutting_down: AtomicBool::new(false),
         close_waker: Mutex::new(None),
         closed: CancellationToken::new(),
+        handles: std::sync::atomic::AtomicUsize::new(1),
+        budget: config.max_connection_memory,
+        task_bytes: std::sync::atomic::AtomicUsize::new(0),
     });
     (Channel { shared, outbound }, receiver)
 }
@@ -235,6 +245,7 @@ async fn serve<T, R, C, S, W>(
         codec,
         buffer: BytesMut::new(),
         accounted: 0,
+        end: 0,
         outbound,
         stats: &stats,
         written: 0,
@@ -299,7 +310,7 @@ async fn serve<T, R, C, S, W>(
 /// unwinds through here too): every handle sees the close, and the waker registered for
 /// close requests — which refers to this task — is let go, so a handle outliving the
 /// connection does not keep the task's memory alive.
-pub(crate) struct ClosedGuard<'a>(&'a ChannelShared);
+pub(crate) struct ClosedGuard<'a>(&'a Arc<ChannelShared>);
 
 impl<'a> ClosedGuard<'a> {
     /// Counts and lists the connection as open until the guard is dropped.
@@ -313,6 +324,8 @@ impl Drop for ClosedGuard<'_> {
     fn drop(&mut self) {
         // Normally done by the close path already; this covers a panic.
         self.0.tether.close();
+        // The task ends now: figures read after `closed` show none of it.
+        self.0.release_task();
         crate::stats::unregister(self.0);
         // Whatever of the connection is still alive now is watched for leaks.
         crate::leak::watch(self.0);
@@ -938,6 +951,8 @@ struct Writer<'a, T, C, W> {
     buffer: BytesMut,
     /// Capacity last reported to the meter.
     accounted: usize,
+    /// Where the charged allocation ends (0: none).
+    end: usize,
     outbound: ByteReceiver<W>,
     stats: &'a ChannelStats,
     /// Messages encoded since the counter was last published (once per wake-up, not
@@ -954,7 +969,7 @@ where
     T: Socket,
     C: Encoder<W> + Send,
     <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
-    W: Send,
+    W: MessageSize + Send,
 {
     /// Writes until at most `limit` bytes are buffered; `Ok(false)` if the socket is full.
     fn write_until(&mut self, limit: usize) -> Result<bool> {
@@ -1013,13 +1028,28 @@ where
         self.stats.count_written(std::mem::take(&mut self.written));
     }
 
+    /// Charges the write buffer's allocation. `BytesMut::capacity` counts from the
+    /// first unwritten byte, so it shrinks as bytes are written out of the same
+    /// allocation: the allocation is recognised by where it ends (as the reader does)
+    /// and charged at the most capacity seen for it.
     fn account(&mut self) {
         let capacity = self.buffer.capacity();
-        if capacity != self.accounted {
+        let end = if capacity == 0 {
+            0
+        } else {
+            self.buffer.as_ptr() as usize + capacity
+        };
+        let allocated = if end != 0 && end == self.end {
+            self.accounted.max(capacity)
+        } else {
+            capacity
+        };
+        self.end = end;
+        if allocated != self.accounted {
             self.stats
                 .meter(MemoryKind::WriteBuffer)
-                .update(self.accounted, capacity);
-            self.accounted = capacity;
+                .update(self.accounted, allocated);
+            self.accounted = allocated;
         }
     }
 
@@ -1027,6 +1057,25 @@ where
         buffers::give(std::mem::take(&mut self.buffer));
         self.account();
         self.stats.count_written(std::mem::take(&mut self.written));
+    }
+
+    /// Grows the write buffer for `hint` more bytes: doubling while that stays within
+    /// the high watermark plus one message, to exactly what is needed past it.
+    fn make_room(&mut self, hint: usize) {
+        let capacity = self.buffer.capacity();
+        let needed = self.buffer.len() + hint;
+        let bound = self.high_watermark.max(WRITE_BUFFER_SIZE) + hint;
+        // What `reserve` may allocate: double the allocation (bytes already written out
+        // of it included), or the allocation plus what is asked for.
+        let allocation = self.accounted.max(capacity);
+        if allocation.saturating_mul(2).max(allocation + hint) <= bound {
+            self.buffer.reserve(hint);
+            return;
+        }
+        let target = needed.max(capacity.saturating_mul(2).min(bound));
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.buffer);
+        buffers::give(std::mem::replace(&mut self.buffer, grown));
     }
 }
 
@@ -1045,11 +1094,19 @@ where
     T: Socket,
     C: Encoder<W> + Send,
     <C as Encoder<W>>::Error: std::error::Error + Send + Sync + 'static,
-    W: Send,
+    W: MessageSize + Send,
 {
     fn encode(&mut self, message: W) -> Result<()> {
         if self.buffer.capacity() == 0 {
             self.buffer = buffers::take(WRITE_BUFFER_SIZE);
+        }
+        // Make room for the message here rather than in the codec, whose `reserve`
+        // doubles the buffer: past the high watermark that would hold up to twice it.
+        // The buffer stays within the high watermark plus one message (as measured by
+        // `MessageSize`, which is at least the encoded size for the crate's codecs).
+        let hint = message.message_size();
+        if self.buffer.capacity() - self.buffer.len() < hint {
+            self.make_room(hint);
         }
         self.codec
             .encode(message, &mut self.buffer)

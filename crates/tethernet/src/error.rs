@@ -29,6 +29,16 @@ pub enum Error {
     #[error("the connection is closed")]
     Closed,
 
+    /// A cap was reached: the operation would have held more memory than the limit
+    /// allows, and was refused (the message was dropped and counted).
+    #[error("{what} of {limit} bytes reached; the peer is not keeping up")]
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// Its value, in bytes.
+        limit: usize,
+    },
+
     /// A handler failed. The connection is closed after the pipeline has been told.
     #[error("handler `{handler}` failed: {source}")]
     Handler {
@@ -72,6 +82,11 @@ impl Error {
     /// True when the error says the connection is closed.
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Closed)
+    }
+
+    /// True when a memory cap was reached and the operation refused.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Error::Limit { .. })
     }
 
     /// True when a queue was full and the message was not queued.

@@ -25,6 +25,8 @@ pub struct EventLoopGroup {
 
 struct EventLoop {
     handle: Handle,
+    /// Its task figures (`None` for [`EventLoopGroup::current`], a runtime not ours).
+    stats: Option<Arc<crate::tasks::LoopStats>>,
     /// Dropping this sender tells the loop's thread to stop.
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -73,9 +75,12 @@ impl EventLoopGroup {
             }
             let runtime = builder.build()?;
             let handle = runtime.handle().clone();
+            let stats = crate::tasks::LoopStats::new(thread_name.clone(), &handle);
+            let loop_stats = stats.clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = thread::Builder::new().name(thread_name).spawn(move || {
                 crate::blocking::install(slot);
+                crate::tasks::install(loop_stats);
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -85,6 +90,7 @@ impl EventLoopGroup {
             })?;
             loops.push(EventLoop {
                 handle,
+                stats: Some(stats),
                 stop: Some(stop),
                 thread: Some(thread),
             });
@@ -112,6 +118,7 @@ impl EventLoopGroup {
                 name: "current".to_owned(),
                 loops: vec![EventLoop {
                     handle: Handle::current(),
+                    stats: None,
                     stop: None,
                     thread: None,
                 }],
@@ -138,8 +145,14 @@ impl EventLoopGroup {
 
     /// The next loop, round-robin.
     pub fn next(&self) -> &Handle {
+        self.next_loop().0
+    }
+
+    /// The next loop, round-robin, with its task figures.
+    pub(crate) fn next_loop(&self) -> (&Handle, Option<Arc<crate::tasks::LoopStats>>) {
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.loops.len();
-        &self.inner.loops[index].handle
+        let event_loop = &self.inner.loops[index];
+        (&event_loop.handle, event_loop.stats.clone())
     }
 }
 

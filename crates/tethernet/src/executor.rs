@@ -33,9 +33,9 @@ use crate::event_loop::EventLoopGroup;
 use crate::pipeline::context::Io;
 use crate::pipeline::stage::{Append, Stage};
 use crate::pipeline::Event;
-use crate::queue::{byte_queue, ByteReceiver, ByteSender};
+use crate::queue::{byte_queue, ByteReceiver, ByteSender, TrySendError};
 use crate::size::MessageSize;
-use crate::stats::MemoryKind;
+use crate::stats::{Charge, MemoryKind};
 
 /// Default cap of each connection's queue into an executor.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64 * 1024;
@@ -164,7 +164,15 @@ impl<M: MessageSize> MessageSize for Item<M> {
     fn message_size(&self) -> usize {
         match self {
             Item::Read(message) => message.message_size(),
-            Item::Event(_) | Item::Barrier(_) => std::mem::size_of::<Self>(),
+            Item::Event(event) => std::mem::size_of::<Self>() + event.size(),
+            Item::Barrier(_) => std::mem::size_of::<Self>(),
+        }
+    }
+
+    fn charged_size(&self) -> usize {
+        match self {
+            Item::Read(message) => message.charged_size(),
+            _ => self.message_size(),
         }
     }
 }
@@ -237,15 +245,25 @@ where
             io.channel.shared.stats.clone(),
             MemoryKind::InboundQueue,
         );
-        let handle = self.executor.inner.loops.next();
+        let (handle, event_loop) = self.executor.inner.loops.next_loop();
         let drainer = Drainer {
             segment: Some(segment),
             receiver,
             channel: io.channel.clone(),
-            blocking: self.executor.is_blocking().then(|| handle.clone()),
+            blocking: self
+                .executor
+                .is_blocking()
+                .then(|| (handle.clone(), event_loop.clone())),
             executor: self.executor.inner.name.clone(),
         };
-        let drainer = handle.spawn(drainer.run());
+        // The drainer is the connection's task on the executor: counted on its loop and
+        // charged to the connection (its future holds the segment's handler futures).
+        let drainer = crate::tasks::spawn_counted(
+            handle,
+            event_loop,
+            Some(&io.channel.shared.stats),
+            drainer.run(),
+        );
         self.state = OffloadState::Running { queue, drainer };
         Ok(())
     }
@@ -254,7 +272,15 @@ where
         let OffloadState::Running { queue, .. } = &self.state else {
             return Err(Error::Closed);
         };
-        match io.wait_for(queue.send(Item::Read(message))).await? {
+        let item = match queue.try_send(Item::Read(message)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(Error::Closed),
+            Err(TrySendError::Full(item)) => item,
+        };
+        // Waiting for room: the message is still the connection's.
+        let stats = io.channel.shared.stats.clone();
+        let _waiting = Charge::new(&stats, MemoryKind::Fired, item.charged_size());
+        match io.wait_for(queue.send(item)).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::Closed),
         }
@@ -264,7 +290,10 @@ where
         let OffloadState::Running { queue, .. } = &self.state else {
             return Ok(());
         };
-        let send = queue.send(Item::Event(event.clone()));
+        let item = Item::Event(event.clone());
+        let stats = io.channel.shared.stats.clone();
+        let _waiting = Charge::new(&stats, MemoryKind::Fired, item.charged_size());
+        let send = queue.send(item);
         if io.channel.is_closing() {
             // An event on the close path (the shutdown notice): the drainer is dropping
             // queued messages, so room comes quickly; wait for it within the close timeout.
@@ -333,6 +362,10 @@ where
         }
     }
 
+    fn capacity(&self) -> usize {
+        self.executor.inner.queue_capacity
+    }
+
     async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {
         // Errors are reported to the segment where they happen; the executor's segment
         // learns that the connection is closing through `inactive`.
@@ -354,8 +387,9 @@ struct Drainer<S, M, W> {
     segment: Option<S>,
     receiver: ByteReceiver<Item<M>>,
     channel: Channel<W>,
-    /// For the blocking flavour: the runtime whose blocking pool runs the calls.
-    blocking: Option<Handle>,
+    /// For the blocking flavour: the runtime whose blocking pool runs the calls, and its
+    /// loop's task figures (a task a blocking handler starts lands on that loop).
+    blocking: Option<(Handle, Option<Arc<crate::tasks::LoopStats>>)>,
     executor: String,
 }
 
@@ -371,7 +405,7 @@ enum Step<M> {
 impl<S, M, W> Drainer<S, M, W>
 where
     S: Stage<M, W>,
-    M: Send + 'static,
+    M: MessageSize + Send + 'static,
     W: MessageSize + Send + 'static,
 {
     async fn run(mut self) {
@@ -397,6 +431,9 @@ where
                 let _ = done.send(());
                 continue;
             }
+            // The message being handled is still the connection's inbound work.
+            let stats = self.channel.shared.stats.clone();
+            let _handling = Charge::new(&stats, MemoryKind::InboundQueue, item.charged_size());
             failed = self.step(Step::Item(item)).await.is_err();
         }
         dropped += self.receiver.close_and_discard();
@@ -421,10 +458,15 @@ where
                 self.segment = Some(segment);
                 result
             }
-            Some(handle) => {
+            Some((handle, event_loop)) => {
                 let channel = self.channel.clone();
                 let runtime = handle.clone();
+                let event_loop = event_loop.clone();
                 let call = tokio::task::spawn_blocking(move || {
+                    // The pool's threads belong to this executor's runtime alone.
+                    if let Some(event_loop) = event_loop {
+                        crate::tasks::install(event_loop);
+                    }
                     let result = runtime.block_on(crate::panics::guarded(
                         channel.id(),
                         run_step(&mut segment, &channel, step),

@@ -162,6 +162,19 @@ pub(crate) fn decoding<R>(scope: &mut Option<DecodeScope>, decode: impl FnOnce()
     decode()
 }
 
+/// Notes that `message`, if it is a [`Frame`] tracked for leaks, was handed to the
+/// handler `handler` (interned id): a leak report names the last handler a frame was
+/// given to (Netty's `touch`). Free for other message types (the type test is decided at
+/// compile time) and for frames not sampled.
+#[inline]
+pub(crate) fn touch<T: 'static>(message: &T, handler: u32) {
+    if let Some(frame) = (message as &dyn std::any::Any).downcast_ref::<Frame>() {
+        if let Some(ReadAllocation::Tracked { tether, key, .. }) = frame.owner.as_deref() {
+            tether.touch(*key, handler);
+        }
+    }
+}
+
 /// Whether the next frame created on this thread is tracked for leaks.
 #[inline]
 fn sample() -> bool {
@@ -363,10 +376,22 @@ impl<const N: usize> PartialEq<&[u8; N]> for Frame {
     }
 }
 
-/// The frame's own size plus its bytes. The read-buffer allocation it pins is counted
-/// under [`MemoryKind::ReadBuffer`], so a queued frame's bytes appear there too.
+/// The frame's own size plus its bytes, for queue caps. The read-buffer allocation it
+/// pins is counted under [`MemoryKind::ReadBuffer`](crate::MemoryKind::ReadBuffer), so
+/// a queued frame is charged only its struct there ([`MessageSize::charged_size`](crate::MessageSize::charged_size)).
 impl crate::MessageSize for Frame {
     fn message_size(&self) -> usize {
         std::mem::size_of::<Self>() + self.bytes.len()
+    }
+
+    /// A frame cut from a connection's read buffer is charged there; only its struct is
+    /// charged again where it waits. A frame of its own (built from bytes) is charged in
+    /// full.
+    fn charged_size(&self) -> usize {
+        if self.owner.is_some() {
+            std::mem::size_of::<Self>()
+        } else {
+            self.message_size()
+        }
     }
 }

@@ -42,15 +42,14 @@ impl<F> Heartbeat<F> {
 
 impl<M, W, F> Handler<M, W> for Heartbeat<F>
 where
-    M: Send + 'static,
+    M: MessageSize + Send + 'static,
     W: MessageSize + Send + 'static,
     F: FnMut() -> W + Send + 'static,
 {
     type Next = M;
 
     async fn read(&mut self, ctx: &mut Context<'_, M, W>, message: M) -> Result<()> {
-        ctx.fire_read(message);
-        Ok(())
+        ctx.fire_read(message).await
     }
 
     async fn user_event(&mut self, ctx: &mut Context<'_, M, W>, event: &Event) -> Result<()> {

@@ -36,7 +36,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::channel::{ChannelId, ChannelShared};
@@ -169,6 +169,12 @@ pub enum LeakKind {
     Task,
     /// A value tracked for the connection ([`Channel::track`](crate::Channel::track)).
     Tracked,
+    /// Tasks a handler of the connection started itself (a plain `tokio::spawn`) that
+    /// may still run: its event loop still has unowned tasks alive ([`crate::tasks`]).
+    UnownedTask,
+    /// [`Channel`](crate::Channel) handles to the connection still held: each keeps the
+    /// connection's shared state (its figures, its queue's state) alive.
+    Handle,
 }
 
 impl LeakKind {
@@ -178,6 +184,8 @@ impl LeakKind {
             LeakKind::Frame => "frame",
             LeakKind::Task => "task",
             LeakKind::Tracked => "tracked",
+            LeakKind::UnownedTask => "unowned_task",
+            LeakKind::Handle => "handle",
         }
     }
 }
@@ -195,10 +203,16 @@ pub struct LeakReport {
     pub type_name: &'static str,
     /// Its own bytes (a frame's length; a tracked value's inline size; 0 for a task).
     pub bytes: usize,
-    /// Bytes it keeps alive: for a frame, the whole read-buffer allocation it pins.
+    /// Bytes it keeps alive: for a frame, the whole read-buffer allocation it pins; for
+    /// handles, the connection state they keep.
     pub retained: usize,
-    /// Where it was created.
-    pub created_at: &'static Location<'static>,
+    /// How many things the report is about: 1, or the number of unowned tasks or handles.
+    pub count: usize,
+    /// Where it was created, where known (not for unowned tasks and handles).
+    pub created_at: Option<&'static Location<'static>>,
+    /// The handler involved, where known: the last handler a frame was handed to, the
+    /// handler that started unowned tasks.
+    pub handler: Option<&'static str>,
     /// Time from its creation to the report.
     pub age: Duration,
     /// Time from its connection's close to the report.
@@ -209,16 +223,28 @@ pub struct LeakReport {
 
 impl fmt::Display for LeakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind.name())?;
+        if self.count != 1 {
+            write!(f, " x{}", self.count)?;
+        }
         write!(
             f,
-            "{} ({}) of connection {} (peer {}), {} bytes, retaining {} bytes, created at {}, {:.1} s old, alive {:.1} s after its connection closed",
-            self.kind.name(),
-            self.type_name,
-            self.channel,
-            self.peer,
-            self.bytes,
-            self.retained,
-            self.created_at,
+            " ({}) of connection {} (peer {}), {} bytes, retaining {} bytes",
+            self.type_name, self.channel, self.peer, self.bytes, self.retained,
+        )?;
+        if let Some(site) = self.created_at {
+            write!(f, ", created at {site}")?;
+        }
+        if let Some(handler) = self.handler {
+            let role = match self.kind {
+                LeakKind::UnownedTask => "started by",
+                _ => "last handed to",
+            };
+            write!(f, ", {role} {handler}")?;
+        }
+        write!(
+            f,
+            ", {:.1} s old, alive {:.1} s after its connection closed",
             self.age.as_secs_f64(),
             self.closed_for.as_secs_f64(),
         )
@@ -234,6 +260,8 @@ pub(crate) struct Record {
     pub(crate) retained: usize,
     pub(crate) created_at: &'static Location<'static>,
     pub(crate) created: Instant,
+    /// The last handler a frame was handed to (interned id; 0: none yet).
+    pub(crate) handler: u32,
 }
 
 /// A closed connection with things still alive, waiting for its grace period to pass.
@@ -242,6 +270,10 @@ struct Watch {
     peer: SocketAddr,
     closed: Instant,
     tether: Arc<Tether>,
+    /// Tasks its handlers started themselves.
+    unowned: Vec<crate::tasks::UnownedSpawn>,
+    /// Its shared state, to count the handles still held.
+    shared: Weak<ChannelShared>,
 }
 
 /// Closed connections waiting to be checked, oldest first. Capped: past the cap, the
@@ -270,9 +302,12 @@ fn registry() -> MutexGuard<'static, Registry> {
 }
 
 /// Called once when a connection has closed: if anything of it is still alive, watch it.
-pub(crate) fn watch(shared: &ChannelShared) {
+pub(crate) fn watch(shared: &Arc<ChannelShared>) {
     let now = Instant::now();
-    if shared.tether.has_live_records() {
+    let unowned = crate::tasks::take(shared.id);
+    // The connection task still holds its own handle while it closes.
+    let handles = shared.handles() > 1;
+    if handles || !unowned.is_empty() || shared.tether.has_live_records() {
         let mut registry = registry();
         if registry.watched.len() >= MAX_WATCHED {
             let early = registry.watched.pop_front();
@@ -289,6 +324,8 @@ pub(crate) fn watch(shared: &ChannelShared) {
             peer: shared.peer,
             closed: now,
             tether: shared.tether.clone(),
+            unowned,
+            shared: Arc::downgrade(shared),
         });
     }
     sweep(now);
@@ -322,21 +359,55 @@ fn sweep(now: Instant) -> usize {
 
 fn report(watch: Watch, now: Instant) -> usize {
     let leftovers = watch.tether.live_records();
-    let reports: Vec<LeakReport> = leftovers
+    let closed_for = now.saturating_duration_since(watch.closed);
+    // Every report of this connection has these; each kind fills in the rest.
+    let base = |kind, type_name, created: Instant| LeakReport {
+        channel: watch.channel,
+        peer: watch.peer,
+        kind,
+        type_name,
+        bytes: 0,
+        retained: 0,
+        count: 1,
+        created_at: None,
+        handler: None,
+        age: now.saturating_duration_since(created),
+        closed_for,
+        reported_at: now,
+    };
+    let mut reports: Vec<LeakReport> = leftovers
         .into_iter()
         .map(|record| LeakReport {
-            channel: watch.channel,
-            peer: watch.peer,
-            kind: record.kind,
-            type_name: record.type_name,
             bytes: record.bytes,
             retained: record.retained,
-            created_at: record.created_at,
-            age: now.saturating_duration_since(record.created),
-            closed_for: now.saturating_duration_since(watch.closed),
-            reported_at: now,
+            created_at: Some(record.created_at),
+            handler: (record.handler != 0).then(|| crate::blocking::name(record.handler)),
+            ..base(record.kind, record.type_name, record.created)
         })
         .collect();
+    for spawn in &watch.unowned {
+        // The runtime does not say which tasks are alive: estimated from the loop's
+        // counts (see `crate::tasks`).
+        let alive = spawn.alive();
+        if alive > 0 {
+            reports.push(LeakReport {
+                count: alive,
+                handler: Some(spawn.handler),
+                ..base(LeakKind::UnownedTask, "task (tokio::spawn)", spawn.first)
+            });
+        }
+    }
+    if let Some(shared) = watch.shared.upgrade() {
+        let handles = shared.handles();
+        if handles > 0 {
+            let opened = now.checked_sub(shared.opened.elapsed()).unwrap_or(now);
+            reports.push(LeakReport {
+                retained: crate::channel::CLOSED_HANDLE_BYTES,
+                count: handles,
+                ..base(LeakKind::Handle, "tethernet::Channel", opened)
+            });
+        }
+    }
     let made = reports.len();
     if made == 0 {
         return 0;
@@ -349,7 +420,8 @@ fn report(watch: Watch, now: Instant) -> usize {
             kind = report.kind.name(),
             bytes = report.bytes,
             retained = report.retained,
-            created_at = %report.created_at,
+            created_at = report.created_at.map(tracing::field::display),
+            handler = report.handler,
             "LEAK: {report}"
         );
     }
@@ -365,6 +437,7 @@ fn report(watch: Watch, now: Instant) -> usize {
 
 /// Checks now for anything due; returns how many new reports were made.
 pub fn check() -> usize {
+    crate::tasks::purge_closed();
     sweep(Instant::now())
 }
 

@@ -3,12 +3,16 @@
 //!
 //! # Layout
 //!
-//! Data enters at the socket and flows left to right; replies flow back.
+//! Data enters at the socket and flows left to right; replies flow back (the design, the
+//! guarantees G1–G7 and where each is enforced: `docs/DESIGN.md` in the repository).
 //!
 //! ```text
 //!  Server / Client ──▶ event loop ──▶ connection task ──▶ codec ──▶ pipeline stages ──▶ executors
 //!   (server.rs,        (event_loop.rs) (connection.rs)    (codec/)   (pipeline/)         (executor.rs)
 //!    client.rs)
+//!
+//!  socket ◀── write buffer ◀── codec.encode ◀── ctx.write on the I/O thread
+//!                                           ◀── outbound queue ◀── Channel::write / ctx.write on an executor
 //! ```
 //!
 //! - [`server`] and [`client`]: bind or connect, and hand each connection to an event loop.
@@ -25,6 +29,8 @@
 //!   outbound overflow policies ([`Overflow`]).
 //! - [`tether`]: what a connection owns — tasks ([`Channel::spawn`]) and values
 //!   ([`Channel::tether`]) that go when it closes (G2).
+//! - [`tasks`]: the tasks on each event loop, owned or not; tasks a handler starts with a
+//!   plain `tokio::spawn` are counted, attributed and reported.
 //! - [`group`]: [`ChannelGroup`], broadcast that respects each member's bounds.
 //! - [`handlers`]: ready-made handlers ([`handlers::Heartbeat`]).
 //! - [`reconnect`]: client connections kept up with backoff; [`udp`]: the same model on
@@ -84,6 +90,7 @@ pub mod reconnect;
 pub mod server;
 pub mod size;
 pub mod stats;
+pub mod tasks;
 pub mod tether;
 #[cfg(feature = "tls")]
 pub mod tls;

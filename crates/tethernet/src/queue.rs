@@ -34,7 +34,8 @@ pub(crate) enum TrySendError<T> {
 
 struct Slot<T> {
     item: T,
-    /// Bytes counted against the meter.
+    /// Bytes counted against the meter: what the message holds beyond its slot
+    /// ([`MessageSize::charged_size`] less its inline size).
     bytes: usize,
     /// Permits taken from the semaphore (the bytes, clamped to the cap).
     permits: u32,
@@ -42,6 +43,8 @@ struct Slot<T> {
 
 struct State<T> {
     items: VecDeque<Slot<T>>,
+    /// Bytes charged for the slots of `items` (its capacity).
+    slots: usize,
     /// The receiver, waiting for an item.
     receiver: Option<Waker>,
     /// Set when the receiver closes the queue (or is dropped).
@@ -60,6 +63,16 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// Charges the slots the queue's buffer has room for (its capacity): what the
+    /// messages hold inline. Each message is charged what it holds beyond its slot.
+    fn account_slots(&self, state: &mut State<T>) {
+        let slots = state.items.capacity() * std::mem::size_of::<Slot<T>>();
+        if slots != state.slots {
+            self.stats.meter(self.kind).update(state.slots, slots);
+            state.slots = slots;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // A panic while holding this lock cannot leave the queue inconsistent (every
         // critical section is a single push or pop), so a poisoned lock is still usable.
@@ -67,6 +80,12 @@ impl<T> Shared<T> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What a message holds beyond its slot in the queue (its slot is charged with the
+/// queue's buffer).
+fn heap_of<T: MessageSize>(item: &T) -> usize {
+    item.charged_size().saturating_sub(std::mem::size_of::<T>())
 }
 
 /// The sending half; cheap to clone.
@@ -89,6 +108,7 @@ pub(crate) fn byte_queue<T>(
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            slots: 0,
             receiver: None,
             closed: false,
             senders: 1,
@@ -152,6 +172,7 @@ impl<T: MessageSize> ByteSender<T> {
                 bytes,
                 permits,
             });
+            self.shared.account_slots(&mut state);
             state.receiver.take()
         };
         if let Some(waker) = waker {
@@ -163,8 +184,8 @@ impl<T: MessageSize> ByteSender<T> {
     /// Queues `item`, waiting while the queue is full. Hands the item back if the
     /// receiving side is gone.
     pub(crate) async fn send(&self, item: T) -> Result<(), T> {
-        let bytes = item.message_size();
-        let permits = self.permits_for(bytes);
+        let permits = self.permits_for(item.message_size());
+        let bytes = heap_of(&item);
         match self.shared.room.acquire_many(permits).await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(item),
@@ -176,8 +197,8 @@ impl<T: MessageSize> ByteSender<T> {
     /// outcome and how many messages were evicted (on every path: room freed by eviction
     /// can go to senders already waiting, so the item may still be refused).
     pub(crate) fn send_evicting(&self, item: T) -> (Result<(), TrySendError<T>>, usize) {
-        let bytes = item.message_size();
-        let permits = self.permits_for(bytes);
+        let permits = self.permits_for(item.message_size());
+        let bytes = heap_of(&item);
         let mut evicted = Vec::new();
         let outcome = loop {
             match self.shared.room.try_acquire_many(permits) {
@@ -189,7 +210,9 @@ impl<T: MessageSize> ByteSender<T> {
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     let oldest = {
                         let mut state = self.shared.lock();
-                        state.items.pop_front()
+                        let oldest = state.items.pop_front();
+                        self.shared.account_slots(&mut state);
+                        oldest
                     };
                     match oldest {
                         Some(slot) => {
@@ -217,8 +240,8 @@ impl<T: MessageSize> ByteSender<T> {
 
     /// Queues `item` if there is room now.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let bytes = item.message_size();
-        let permits = self.permits_for(bytes);
+        let permits = self.permits_for(item.message_size());
+        let bytes = heap_of(&item);
         match self.shared.room.try_acquire_many(permits) {
             Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(TrySendError::Closed(item)),
@@ -235,6 +258,7 @@ impl<T> ByteReceiver<T> {
         let slot = state.items.pop_front()?;
         if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
             state.items = VecDeque::new();
+            self.shared.account_slots(state);
         }
         // Uncount before freeing room, so the meter never shows more than the cap.
         self.shared.stats.meter(self.shared.kind).sub(slot.bytes);
@@ -277,15 +301,29 @@ impl<T> ByteReceiver<T> {
 
     /// Refuses further messages and wakes every waiting sender; queued messages stay
     /// until received or dropped.
+    ///
+    /// The receiver's waker is let go: senders (a [`Channel`](crate::Channel) handle kept
+    /// after its connection closed) must not keep the receiving task's memory alive
+    /// through it.
     pub(crate) fn close(&mut self) {
-        self.shared.lock().closed = true;
+        let waker = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.receiver.take()
+        };
+        drop(waker);
         self.shared.room.close();
     }
 
     /// Closes the queue and drops everything in it, returning how many messages were dropped.
     pub(crate) fn close_and_discard(&mut self) -> usize {
         self.close();
-        let items = std::mem::take(&mut self.shared.lock().items);
+        let items = {
+            let mut state = self.shared.lock();
+            let items = std::mem::take(&mut state.items);
+            self.shared.account_slots(&mut state);
+            items
+        };
         let dropped = items.len();
         let bytes: usize = items.iter().map(|slot| slot.bytes).sum();
         self.shared.stats.meter(self.shared.kind).sub(bytes);
@@ -324,7 +362,6 @@ mod tests {
     #[tokio::test]
     async fn refuses_beyond_the_cap_and_frees_room_on_receive() {
         let (tx, mut rx, stats) = queue(1000);
-        let size = bytes(400).message_size();
         tx.try_send(bytes(400)).unwrap();
         tx.try_send(bytes(400))
             .unwrap_or_else(|_| panic!("room for two"));
@@ -332,11 +369,20 @@ mod tests {
             tx.try_send(bytes(400)),
             Err(TrySendError::Full(_))
         ));
-        assert_eq!(stats.meter(MemoryKind::OutboundQueue).current(), 2 * size);
+        // What the messages hold beyond their slots, plus the slots of the buffer.
+        let slots = rx.shared.lock().slots;
+        assert_eq!(
+            slots,
+            rx.shared.lock().items.capacity() * std::mem::size_of::<Slot<Vec<u8>>>()
+        );
+        assert_eq!(
+            stats.meter(MemoryKind::OutboundQueue).current(),
+            2 * 400 + slots
+        );
         assert_eq!(rx.recv().await.unwrap().len(), 400);
         tx.try_send(bytes(400))
             .unwrap_or_else(|_| panic!("room again"));
-        assert!(stats.meter(MemoryKind::OutboundQueue).peak() <= 1000);
+        assert!(stats.meter(MemoryKind::OutboundQueue).peak() <= 1000 + slots);
     }
 
     #[tokio::test]
@@ -377,7 +423,11 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap()[0], 2);
         assert_eq!(rx.recv().await.unwrap()[0], 3);
         assert_eq!(rx.recv().await.unwrap()[0], 9);
-        assert!(stats.meter(MemoryKind::OutboundQueue).peak() <= 1000);
+        let slots = rx.shared.lock().slots;
+        assert!(stats.meter(MemoryKind::OutboundQueue).peak() <= 1000 + slots);
+        // Empty: only the (small, kept) buffer's slots are charged.
+        assert_eq!(stats.meter(MemoryKind::OutboundQueue).current(), slots);
+        drop(rx);
         assert_eq!(stats.meter(MemoryKind::OutboundQueue).current(), 0);
     }
 

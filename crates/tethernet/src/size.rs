@@ -29,6 +29,15 @@ use bytes::{Bytes, BytesMut};
 pub trait MessageSize {
     /// Bytes held by this message, including `size_of::<Self>()`.
     fn message_size(&self) -> usize;
+
+    /// Bytes to charge the connection for this message while it waits (in a queue,
+    /// fired, or waiting for room), when part of what it holds is already charged
+    /// elsewhere: a [`Frame`](crate::Frame) cut from a read buffer is charged there, at
+    /// the buffer's full capacity, so only its own struct is charged again. Queue caps
+    /// still use [`message_size`](MessageSize::message_size). Defaults to it.
+    fn charged_size(&self) -> usize {
+        self.message_size()
+    }
 }
 
 impl MessageSize for Bytes {

@@ -20,6 +20,9 @@ use std::time::Duration;
 
 use crate::channel::{ChannelId, ChannelShared};
 
+/// How many kinds of memory are counted ([`MemoryKind::ALL`]).
+pub const KINDS: usize = 9;
+
 /// The kinds of memory the framework holds for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -36,22 +39,38 @@ pub enum MemoryKind {
     /// Encoded bytes waiting for the socket to accept them (the write buffer's capacity).
     WriteBuffer,
     /// Values tethered to or tracked for the connection ([`Channel::tether`],
-    /// [`Channel::track`]): their inline size.
+    /// [`Channel::track`]): their inline size, or what [`MessageSize`](crate::MessageSize)
+    /// says for values given with [`Channel::tether_sized`] and [`Channel::track_sized`].
     ///
     /// [`Channel::tether`]: crate::Channel::tether
     /// [`Channel::track`]: crate::Channel::track
+    /// [`Channel::tether_sized`]: crate::Channel::tether_sized
+    /// [`Channel::track_sized`]: crate::Channel::track_sized
     Tethered,
+    /// Messages and events a handler fired ([`Context::fire_read`](crate::Context::fire_read))
+    /// that the next stage has not taken yet.
+    Fired,
+    /// Writes waiting for room in the outbound queue ([`Channel::write`](crate::Channel::write)
+    /// while the queue is full): the message is held by the waiting writer.
+    PendingWrites,
+    /// The memory of the tasks that run the connection: its connection task, its
+    /// executor drainers and the tasks it owns ([`Channel::spawn`](crate::Channel::spawn)),
+    /// each counted at the size of its future plus the runtime's per-task header.
+    Tasks,
 }
 
 impl MemoryKind {
     /// Every kind, in a stable order.
-    pub const ALL: [MemoryKind; 6] = [
+    pub const ALL: [MemoryKind; KINDS] = [
         MemoryKind::ReadBuffer,
         MemoryKind::Decoder,
         MemoryKind::InboundQueue,
         MemoryKind::OutboundQueue,
         MemoryKind::WriteBuffer,
         MemoryKind::Tethered,
+        MemoryKind::Fired,
+        MemoryKind::PendingWrites,
+        MemoryKind::Tasks,
     ];
 
     /// A short snake_case name, as used in metrics labels.
@@ -63,6 +82,9 @@ impl MemoryKind {
             MemoryKind::OutboundQueue => "outbound_queue",
             MemoryKind::WriteBuffer => "write_buffer",
             MemoryKind::Tethered => "tethered",
+            MemoryKind::Fired => "fired",
+            MemoryKind::PendingWrites => "pending_writes",
+            MemoryKind::Tasks => "tasks",
         }
     }
 
@@ -74,6 +96,9 @@ impl MemoryKind {
             MemoryKind::OutboundQueue => 3,
             MemoryKind::WriteBuffer => 4,
             MemoryKind::Tethered => 5,
+            MemoryKind::Fired => 6,
+            MemoryKind::PendingWrites => 7,
+            MemoryKind::Tasks => 8,
         }
     }
 }
@@ -137,10 +162,30 @@ impl Meter {
     }
 }
 
+/// Charges `bytes` of one kind to a connection until dropped.
+pub(crate) struct Charge<'a> {
+    meter: &'a Meter,
+    bytes: usize,
+}
+
+impl<'a> Charge<'a> {
+    pub(crate) fn new(stats: &'a ChannelStats, kind: MemoryKind, bytes: usize) -> Charge<'a> {
+        let meter = stats.meter(kind);
+        meter.add(bytes);
+        Charge { meter, bytes }
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.meter.sub(self.bytes);
+    }
+}
+
 /// The live memory figures of one connection.
 #[derive(Debug)]
 pub struct ChannelStats {
-    meters: [Meter; 6],
+    meters: [Meter; KINDS],
     messages_read: AtomicU64,
     messages_written: AtomicU64,
     dropped_messages: AtomicU64,
@@ -164,7 +209,7 @@ impl ChannelStats {
     }
 
     /// Bytes held now, by kind.
-    pub fn bytes_by_kind(&self) -> [(MemoryKind, usize); 6] {
+    pub fn bytes_by_kind(&self) -> [(MemoryKind, usize); KINDS] {
         MemoryKind::ALL.map(|kind| (kind, self.meter(kind).current()))
     }
 
@@ -266,6 +311,9 @@ pub struct GlobalStats {
     pub dropped_messages: Counter,
     /// Connections closed because they did not read fast enough.
     pub slow_consumer_closes: Counter,
+    /// Writes refused because waiting for room would have taken their connection past
+    /// its memory budget.
+    pub budget_refusals: Counter,
     /// Live tasks owned by connections ([`Channel::spawn`](crate::Channel::spawn)).
     pub owned_tasks: Gauge,
     /// Live values tethered to connections ([`Channel::tether`](crate::Channel::tether)).
@@ -273,10 +321,16 @@ pub struct GlobalStats {
     /// Leak reports made ([`crate::leak`]): values still alive a grace period after
     /// their connection closed.
     pub leaks: Counter,
+    /// Bytes of I/O buffers kept in the event loops' pools for reuse (at most 16 of at
+    /// most 64 KiB per thread): the framework's, not any connection's.
+    pub pooled_bytes: Gauge,
+    /// Tasks handlers started themselves (a plain `tokio::spawn`) on Tethernet's event
+    /// loops, nobody owning them ([`crate::tasks`]).
+    pub unowned_tasks_started: Counter,
     /// Times a handler kept an I/O thread busy past the blocking threshold
     /// ([`crate::blocking`]).
     pub blocked_io: Counter,
-    bytes: [Gauge; 6],
+    bytes: [Gauge; KINDS],
 }
 
 impl GlobalStats {
@@ -311,13 +365,17 @@ pub struct ConnectionInfo {
     /// Time since the connection opened.
     pub age: Duration,
     /// Bytes held now, by kind.
-    pub bytes: [(MemoryKind, usize); 6],
+    pub bytes: [(MemoryKind, usize); KINDS],
     /// Bytes held now, all kinds.
     pub total_bytes: usize,
     /// Live tasks the connection owns.
     pub owned_tasks: usize,
     /// Live values tethered to or tracked for the connection.
     pub tethered_resources: usize,
+    /// Tasks its handlers started themselves, nobody owning them ([`crate::tasks`]).
+    pub unowned_tasks_started: u64,
+    /// Live [`Channel`](crate::Channel) handles to it (the connection's own included).
+    pub handles: usize,
     /// Frames decoded so far.
     pub messages_read: u64,
     /// Messages encoded so far.
@@ -350,6 +408,11 @@ fn shard(
 pub(crate) fn register(shared: &Arc<ChannelShared>) {
     global().connections.add(1);
     shard(shared.id).insert(shared.id.as_u64(), Arc::downgrade(shared));
+}
+
+/// Whether the connection is open (registered).
+pub(crate) fn is_live(id: ChannelId) -> bool {
+    shard(id).contains_key(&id.as_u64())
 }
 
 pub(crate) fn unregister(shared: &ChannelShared) {

@@ -27,9 +27,11 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::channel::ChannelId;
 use crate::error::{Error, Result};
 use crate::leak::{LeakKind, Record};
 use crate::stats::{global, ChannelStats, MemoryKind};
+use crate::tasks::TASK_OVERHEAD;
 
 /// Identifies a tethered value or an owned task of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,14 +79,21 @@ pub(crate) struct Tether {
     /// (G3: nothing a connection holds grows without bound).
     max_tasks: usize,
     stats: Arc<ChannelStats>,
+    /// The connection, for the watchdog's reports on owned tasks.
+    channel: ChannelId,
 }
 
 /// Default cap of live owned tasks per connection.
 pub(crate) const DEFAULT_MAX_OWNED_TASKS: usize = 1024;
 
 impl Tether {
-    pub(crate) fn new(max_tasks: usize, stats: Arc<ChannelStats>) -> Arc<Tether> {
+    pub(crate) fn new(
+        channel: ChannelId,
+        max_tasks: usize,
+        stats: Arc<ChannelStats>,
+    ) -> Arc<Tether> {
         Arc::new(Tether {
+            channel,
             state: Mutex::new(State::default()),
             live_tasks: AtomicUsize::new(0),
             tasks_gone: Notify::new(),
@@ -136,16 +145,27 @@ impl Tether {
             global().owned_tasks.add(1);
             key
         };
-        let guard = TaskGuard {
+        let guard = OwnedTaskGuard {
             tether: self.clone(),
             key,
         };
+        // Counted as a framework task of this thread's loop (when the runtime is one)
+        // and charged to the connection: the future's size plus the task's overhead.
+        type Task<F> = crate::tasks::Counted<
+            crate::tasks::Counted<crate::panics::Watched<F>, OwnedTaskGuard>,
+            crate::tasks::TaskGuard,
+        >;
+        let bytes = std::mem::size_of::<Task<F>>() + TASK_OVERHEAD;
+        let event_loop = crate::tasks::current_loop();
+        let counted = crate::tasks::TaskGuard::new(event_loop, Some((self.stats.clone(), bytes)));
+        let name = crate::blocking::intern_site(created_at);
+        let task = crate::panics::watched(self.channel, name, future);
         // The join handle is let go on purpose: the task is owned through its abort
         // handle and its guard, and the connection waits for the guard at close.
-        let handle = runtime.spawn(async move {
-            let _guard = guard;
-            future.await;
-        });
+        let handle = runtime.spawn(crate::tasks::Counted::new(
+            counted,
+            crate::tasks::Counted::new(guard, task),
+        ));
         let mut state = self.lock();
         let closed = state.closed;
         match state.tasks.get_mut(&key) {
@@ -161,6 +181,16 @@ impl Tether {
     /// Holds `value` until the connection closes or [`Tether::untether`] is called.
     #[track_caller]
     pub(crate) fn tether<T: Send + 'static>(&self, value: T) -> Result<TetherKey> {
+        self.tether_bytes(value, std::mem::size_of::<T>())
+    }
+
+    /// Like [`Tether::tether`], charging `bytes`.
+    #[track_caller]
+    pub(crate) fn tether_bytes<T: Send + 'static>(
+        &self,
+        value: T,
+        bytes: usize,
+    ) -> Result<TetherKey> {
         let created_at = Location::caller();
         let mut state = self.lock();
         if state.closed {
@@ -174,7 +204,6 @@ impl Tether {
         }
         let key = state.next_key;
         state.next_key += 1;
-        let bytes = std::mem::size_of::<T>();
         state.resources.insert(
             key,
             Resource {
@@ -230,9 +259,17 @@ impl Tether {
                 retained,
                 created_at,
                 created: Instant::now(),
+                handler: 0,
             },
         );
         Some(key)
+    }
+
+    /// Notes the handler a tracked frame was last handed to.
+    pub(crate) fn touch(&self, key: u64, handler: u32) {
+        if let Some(record) = self.lock().tracked.get_mut(&key) {
+            record.handler = handler;
+        }
     }
 
     /// Forgets a record made by [`Tether::track`] (its value was dropped).
@@ -257,6 +294,7 @@ impl Tether {
             retained: 0,
             created_at: task.created_at,
             created: task.created,
+            handler: 0,
         });
         tasks.chain(state.tracked.values().cloned()).collect()
     }
@@ -359,12 +397,12 @@ impl Tether {
 
 /// Lives inside an owned task: when the task is dropped (finished or cancelled), it
 /// uncounts it and forgets its handle.
-struct TaskGuard {
+struct OwnedTaskGuard {
     tether: Arc<Tether>,
     key: u64,
 }
 
-impl Drop for TaskGuard {
+impl Drop for OwnedTaskGuard {
     fn drop(&mut self) {
         self.tether.lock().tasks.remove(&self.key);
         global().owned_tasks.sub(1);
@@ -375,7 +413,9 @@ impl Drop for TaskGuard {
 }
 
 /// A value the application holds that belongs to a connection: counted against it
-/// ([`MemoryKind::Tethered`], by its inline size) and reported by leak detection if it
+/// ([`MemoryKind::Tethered`], by its inline size, or by what
+/// [`MessageSize`](crate::MessageSize) says when made with
+/// [`Channel::track_sized`](crate::Channel::track_sized)) and reported by leak detection if it
 /// is still alive a grace period after the connection closed. Made by
 /// [`Channel::track`](crate::Channel::track); reads as the value (`Deref`).
 ///
@@ -384,16 +424,18 @@ pub struct Tracked<T> {
     value: Option<T>,
     tether: Arc<Tether>,
     key: Option<u64>,
+    /// Charged to the connection's [`MemoryKind::Tethered`] meter.
+    bytes: usize,
 }
 
 impl<T> Tracked<T> {
     #[track_caller]
-    pub(crate) fn new(tether: &Arc<Tether>, value: T) -> Result<Tracked<T>> {
+    pub(crate) fn new(tether: &Arc<Tether>, value: T, bytes: usize) -> Result<Tracked<T>> {
         let key = tether
             .track(
                 LeakKind::Tracked,
-                std::mem::size_of::<T>(),
-                std::mem::size_of::<T>(),
+                bytes,
+                bytes,
                 Location::caller(),
                 std::any::type_name::<T>(),
             )
@@ -406,15 +448,13 @@ impl<T> Tracked<T> {
                     ))
                 }
             })?;
-        tether
-            .stats
-            .meter(MemoryKind::Tethered)
-            .add(std::mem::size_of::<T>());
+        tether.stats.meter(MemoryKind::Tethered).add(bytes);
         global().tethered_resources.add(1);
         Ok(Tracked {
             value: Some(value),
             tether: tether.clone(),
             key: Some(key),
+            bytes,
         })
     }
 
@@ -434,7 +474,7 @@ impl<T> Drop for Tracked<T> {
         self.tether
             .stats
             .meter(MemoryKind::Tethered)
-            .sub(std::mem::size_of::<T>());
+            .sub(self.bytes);
         global().tethered_resources.sub(1);
     }
 }

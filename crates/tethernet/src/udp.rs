@@ -217,7 +217,9 @@ impl UdpEndpointBuilder {
         let config = Arc::new(self.config);
         let task_channel = channel.clone();
         let max_datagram = self.max_datagram_size;
+        let counted = crate::tasks::TaskGuard::new(crate::tasks::current_loop(), None);
         let task = tokio::spawn(async move {
+            let _counted = counted;
             run(
                 socket,
                 pipeline,

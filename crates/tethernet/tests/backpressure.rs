@@ -110,11 +110,12 @@ async fn slow_handler_stalls_the_client_without_growing_memory() {
         .unwrap()
         .clone()
         .expect("handler saw the connection");
+    // Queued frames are charged their slots here; their bytes are charged to the read
+    // buffers they were cut from (checked below).
     let queue = server_channel.stats().meter(MemoryKind::InboundQueue);
     assert!(
-        queue.current() > QUEUE_CAP / 2,
-        "queue should be nearly full while stalled: {}",
-        queue.current()
+        queue.current() > 0,
+        "frames should wait in the queue while stalled"
     );
     assert!(
         queue.peak() <= QUEUE_CAP,

@@ -30,7 +30,7 @@ struct Goodbye;
 impl Handler<Frame, Frame> for Goodbye {
     type Next = Frame;
     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, frame: Frame) -> Result<()> {
-        ctx.fire_read(frame);
+        ctx.fire_read(frame).await?;
         Ok(())
     }
     async fn inactive(&mut self, ctx: &mut Context<'_, Frame, Frame>) -> Result<()> {

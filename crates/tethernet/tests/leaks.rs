@@ -171,8 +171,12 @@ fn assert_one(reports: &[LeakReport], id: ChannelId, kind: LeakKind) -> &LeakRep
 /// Frames are created by the decoder: that is their creation site.
 fn assert_decoder_site(report: &LeakReport) {
     assert!(
-        report.created_at.file().ends_with("codec/length_field.rs"),
-        "created at {}",
+        report
+            .created_at
+            .unwrap()
+            .file()
+            .ends_with("codec/length_field.rs"),
+        "created at {:?}",
         report.created_at
     );
 }
@@ -193,8 +197,8 @@ async fn a_piece_cut_by_the_handler_is_reported_at_the_handlers_line() {
     let (id, reports) = leak_once(Leak::SplitPiece).await;
     let report = assert_one(&reports, id, LeakKind::Frame);
     let site = site_of(Leak::SplitPiece);
-    assert_eq!(report.created_at.file(), site.file());
-    assert_eq!(report.created_at.line(), site.line());
+    assert_eq!(report.created_at.unwrap().file(), site.file());
+    assert_eq!(report.created_at.unwrap().line(), site.line());
     assert_eq!(report.bytes, 2);
 }
 
@@ -203,8 +207,8 @@ async fn a_tracked_value_moved_out_and_kept_is_reported() {
     let (id, reports) = leak_once(Leak::TrackedMovedOut).await;
     let report = assert_one(&reports, id, LeakKind::Tracked);
     let site = site_of(Leak::TrackedMovedOut);
-    assert_eq!(report.created_at.file(), site.file());
-    assert_eq!(report.created_at.line(), site.line() + 1);
+    assert_eq!(report.created_at.unwrap().file(), site.file());
+    assert_eq!(report.created_at.unwrap().line(), site.line() + 1);
     assert!(report.type_name.ends_with("Session"), "{report}");
     assert_eq!(report.bytes, std::mem::size_of::<Session>());
 }
@@ -221,17 +225,34 @@ async fn a_forgotten_tracked_value_is_reported() {
     let (id, reports) = leak_once(Leak::ForgetTracked).await;
     let report = assert_one(&reports, id, LeakKind::Tracked);
     assert_eq!(
-        report.created_at.line(),
+        report.created_at.unwrap().line(),
         site_of(Leak::ForgetTracked).line()
     );
     assert_eq!(report.type_name, "u64");
 }
 
 #[tokio::test]
-async fn a_frame_held_by_a_plain_tokio_spawn_is_reported() {
+async fn a_frame_held_by_a_plain_tokio_spawn_is_reported_with_the_task() {
     let (id, reports) = leak_once(Leak::DetachedTask).await;
-    let report = assert_one(&reports, id, LeakKind::Frame);
-    assert_decoder_site(report);
+    assert_eq!(reports.len(), 2, "the frame and the task: {reports:#?}");
+    let frame = reports
+        .iter()
+        .find(|r| r.kind == LeakKind::Frame)
+        .expect("a frame report");
+    assert_eq!(frame.channel, id);
+    assert_decoder_site(frame);
+    // The frame names the last handler it was handed to.
+    assert!(
+        frame.handler.is_some_and(|h| h.ends_with("Leaky")),
+        "{frame}"
+    );
+    let task = reports
+        .iter()
+        .find(|r| r.kind == LeakKind::UnownedTask)
+        .expect("an unowned-task report");
+    assert_eq!(task.channel, id);
+    assert_eq!(task.count, 1, "{task}");
+    assert!(task.handler.is_some_and(|h| h.ends_with("Leaky")), "{task}");
 }
 
 /// Holds frames the right way: in its own state (dropped with the pipeline), in owned

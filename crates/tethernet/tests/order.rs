@@ -42,7 +42,7 @@ impl Handler<Frame, Frame> for Jitter {
         } else {
             tokio::task::yield_now().await;
         }
-        ctx.fire_read(f);
+        ctx.fire_read(f).await?;
         Ok(())
     }
 }
@@ -65,7 +65,7 @@ impl Handler<Frame, Frame> for AssertSequence {
             }
         }
         self.next = Some(seq + 1);
-        ctx.fire_read(f);
+        ctx.fire_read(f).await?;
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ struct Goodbye;
 impl Handler<Frame, Frame> for Goodbye {
     type Next = Frame;
     async fn read(&mut self, ctx: &mut Context<'_, Frame, Frame>, f: Frame) -> Result<()> {
-        ctx.fire_read(f);
+        ctx.fire_read(f).await?;
         Ok(())
     }
     async fn user_event(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::pipeline::Context;
+use crate::size::MessageSize;
 
 /// Events the framework fires through a connection's pipeline, delivered to every
 /// handler's [`Handler::user_event`] as an [`Event`]; read them with
@@ -41,19 +42,37 @@ pub enum IdleState {
 
 /// An event that is not a message: fired by a handler for the stages after it.
 ///
-/// Cheap to clone; carries any `Send + Sync` value.
+/// Cheap to clone; carries any `Send + Sync` value. Measured like a message
+/// ([`MessageSize`]) when it is made, and charged that much wherever it waits (fired,
+/// or queued for an executor), like a message.
 #[derive(Clone)]
-pub struct Event(Arc<dyn Any + Send + Sync>);
+pub struct Event {
+    value: Arc<dyn Any + Send + Sync>,
+    size: usize,
+}
+
+/// The bookkeeping of the `Arc` an event's value lives in (two counters).
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
 
 impl Event {
     /// Wraps a value as an event.
-    pub fn new<T: Any + Send + Sync>(value: T) -> Event {
-        Event(Arc::new(value))
+    pub fn new<T: Any + Send + Sync + MessageSize>(value: T) -> Event {
+        let size = std::mem::size_of::<Event>() + ARC_HEADER + value.message_size();
+        Event {
+            value: Arc::new(value),
+            size,
+        }
+    }
+
+    /// The bytes the event holds: its value's [`MessageSize`], its handle and its
+    /// allocation's header. Counted in full for every holder, as shared messages are.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// The value, if it is a `T`.
     pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
-        self.0.downcast_ref()
+        self.value.downcast_ref()
     }
 
     /// The framework event this is, if it is one.
@@ -63,7 +82,19 @@ impl Event {
 
     /// True if the value is a `T`.
     pub fn is<T: Any>(&self) -> bool {
-        self.0.is::<T>()
+        self.value.is::<T>()
+    }
+}
+
+impl MessageSize for ChannelEvent {
+    fn message_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+}
+
+impl MessageSize for Event {
+    fn message_size(&self) -> usize {
+        self.size
     }
 }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use crate::error::{Error, Result};
-use crate::pipeline::context::{Context, Forward, Io};
+use crate::pipeline::context::{pass_on, Context, Downstream, Fired, Io};
 use crate::pipeline::{Event, Handler};
 
 /// One link of a built pipeline. Implemented by the framework's nodes; application code
@@ -33,7 +33,16 @@ pub trait Stage<In, W>: Send + 'static {
     /// Completes once the work handed to business executors so far has run (after the
     /// peer's end of stream, before the close).
     fn drain(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    /// Bytes of messages a previous handler may fire for this stage before they are
+    /// handed over during its call ([`Context::fire_read`](crate::Context::fire_read)).
+    fn capacity(&self) -> usize {
+        DEFAULT_FIRE_CAPACITY
+    }
 }
+
+/// What a handler may fire before it waits for the next stage, unless that stage says
+/// otherwise (an executor: its queue cap).
+pub(crate) const DEFAULT_FIRE_CAPACITY: usize = 64 * 1024;
 
 /// Adds a stage at the end of a chain (type-level list append).
 pub trait Append<X> {
@@ -82,17 +91,13 @@ where
     W: Send + 'static,
 {
     handler: H,
-    next: N,
-    /// Messages the handler fired during the current call, delivered after it returns.
-    /// Kept between calls to avoid an allocation per message; shrunk after a burst.
-    forward: Vec<Forward<H::Next>>,
+    /// The messages the handler fired during the current call (delivered after it
+    /// returns, or during the call past the next stage's capacity), and the next stage.
+    down: Downstream<H::Next, N>,
     /// The handler's name, interned for blocking detection.
     name_id: u32,
     _types: PhantomData<fn(In, W)>,
 }
-
-/// Above this many buffered forwards, the buffer is released after delivery.
-const FORWARD_KEEP: usize = 16;
 
 impl<H, In, W, N> Node<H, In, W, N>
 where
@@ -103,8 +108,10 @@ where
     pub(crate) fn new(handler: H, next: N) -> Self {
         Node {
             handler,
-            next,
-            forward: Vec::new(),
+            down: Downstream {
+                fired: Fired::default(),
+                next,
+            },
             name_id: crate::blocking::intern(std::any::type_name::<H>()),
             _types: PhantomData,
         }
@@ -120,20 +127,10 @@ where
 {
     /// Hands what the handler fired to the next stage, in order.
     async fn deliver(&mut self, io: &mut Io<'_, W>) -> Result<()> {
-        if self.forward.is_empty() {
+        if self.down.fired.is_empty() {
             return Ok(());
         }
-        let mut batch = std::mem::take(&mut self.forward);
-        for item in batch.drain(..) {
-            match item {
-                Forward::Read(message) => self.next.read(io, message).await?,
-                Forward::Event(event) => self.next.user_event(io, &event).await?,
-            }
-        }
-        if batch.capacity() <= FORWARD_KEEP {
-            self.forward = batch;
-        }
-        Ok(())
+        pass_on(&mut self.down.next, io, &mut self.down.fired).await
     }
 
     fn name() -> &'static str {
@@ -156,7 +153,9 @@ where
     N: Stage<H::Next, W>,
 {
     async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
-        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        // A frame remembers the last handler it was handed to, for leak reports.
+        crate::frame::touch(&message, self.name_id);
+        let mut ctx = Context::new(io.reborrow(), &mut self.down);
         let result = crate::panics::named(
             Self::name(),
             self.name_id,
@@ -164,19 +163,19 @@ where
         )
         .await;
         if let Err(error) = result {
-            self.forward.clear();
+            self.down.fired.clear(&io.channel.shared.stats);
             return Err(tag(error, Self::name()));
         }
         // Checked here rather than in `deliver`: building and dropping its future for
         // every frame that is not passed on is measurable in the echo benchmark.
-        if self.forward.is_empty() {
+        if self.down.fired.is_empty() {
             return Ok(());
         }
         self.deliver(io).await
     }
 
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
-        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let mut ctx = Context::new(io.reborrow(), &mut self.down);
         crate::panics::named(
             Self::name(),
             self.name_id,
@@ -184,12 +183,12 @@ where
         )
         .await
         .map_err(|e| tag(e, Self::name()))?;
-        self.next.active(io).await?;
+        self.down.next.active(io).await?;
         self.deliver(io).await
     }
 
     async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
-        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let mut ctx = Context::new(io.reborrow(), &mut self.down);
         let result = crate::panics::named(
             Self::name(),
             self.name_id,
@@ -197,14 +196,14 @@ where
         )
         .await;
         // Nothing more is delivered once the connection is going away.
-        self.forward.clear();
+        self.down.fired.clear(&io.channel.shared.stats);
         // Later stages are told even if this handler failed: each owns state to release.
-        let next = self.next.inactive(io).await;
+        let next = self.down.next.inactive(io).await;
         result.map_err(|e| tag(e, Self::name())).and(next)
     }
 
     async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
-        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let mut ctx = Context::new(io.reborrow(), &mut self.down);
         crate::panics::named(
             Self::name(),
             self.name_id,
@@ -213,11 +212,11 @@ where
         .await
         .map_err(|e| tag(e, Self::name()))?;
         self.deliver(io).await?;
-        self.next.user_event(io, event).await
+        self.down.next.user_event(io, event).await
     }
 
     async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
-        let mut ctx = Context::new(io.reborrow(), &mut self.forward);
+        let mut ctx = Context::new(io.reborrow(), &mut self.down);
         if let Err(failure) = crate::panics::named(
             Self::name(),
             self.name_id,
@@ -227,14 +226,14 @@ where
         {
             tracing::debug!(handler = Self::name(), %failure, "handler failed while handling an error");
         }
-        self.forward.clear();
-        self.next.error(io, error).await
+        self.down.fired.clear(&io.channel.shared.stats);
+        self.down.next.error(io, error).await
     }
 
     async fn drain(&mut self, io: &mut Io<'_, W>) -> Result<()> {
         // Handlers on this thread have finished their calls; what they fired was handed
         // on. Only later executors can hold work.
-        self.next.drain(io).await
+        self.down.next.drain(io).await
     }
 }
 
@@ -249,8 +248,10 @@ where
     fn append(self, x: X) -> Self::Output {
         Node {
             handler: self.handler,
-            next: self.next.append(x),
-            forward: Vec::new(),
+            down: Downstream {
+                fired: Fired::default(),
+                next: self.down.next.append(x),
+            },
             name_id: self.name_id,
             _types: PhantomData,
         }
