@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
@@ -66,6 +66,12 @@ impl fmt::Display for ChannelId {
     }
 }
 
+/// Values of [`ChannelShared::close_request`], ordered: a later reason overrides an
+/// earlier one.
+pub(crate) const OPEN: u8 = 0;
+pub(crate) const CLOSE_ASKED: u8 = 1;
+pub(crate) const SHUTTING_DOWN: u8 = 2;
+
 /// What every handle to one connection shares.
 pub(crate) struct ChannelShared {
     pub(crate) id: ChannelId,
@@ -73,18 +79,18 @@ pub(crate) struct ChannelShared {
     pub(crate) local: SocketAddr,
     pub(crate) opened: std::time::Instant,
     pub(crate) stats: Arc<ChannelStats>,
-    /// Set when anyone asks the connection to close (or the server shuts down): the
-    /// connection task flushes what is queued, tells its handlers, and closes. Read per
-    /// frame on the hot path, so a plain atomic (a `CancellationToken` takes a lock).
-    pub(crate) close_requested: AtomicBool,
+    /// Whether, and why, the connection was asked to close: [`OPEN`], [`CLOSE_ASKED`]
+    /// (through a handle or by the connection task) or [`SHUTTING_DOWN`] (by a server
+    /// shutting down). The connection task then flushes what is queued, tells its
+    /// handlers, and closes. Read per frame on the hot path, so a plain atomic (a
+    /// `CancellationToken` takes a lock).
+    pub(crate) close_request: AtomicU8,
     /// How long closing may wait on the peer or on the connection's own work.
     pub(crate) close_timeout: std::time::Duration,
     /// Cleared while the connection holds more than its high watermark of outbound bytes
     /// (queued plus buffered), set again below the low watermark. Kept by the connection
     /// task, which tells its handlers when it changes.
     pub(crate) writable: AtomicBool,
-    /// Set when the close was asked for by a server shutting down.
-    pub(crate) shutting_down: AtomicBool,
     /// Tasks and values the connection owns (G2).
     pub(crate) tether: Arc<Tether>,
     /// The connection task's waker, woken by a close request. Registered once per
@@ -160,11 +166,38 @@ impl ChannelShared {
 
     /// True once a close was asked for through a handle or seen by the connection task.
     pub(crate) fn close_requested(&self) -> bool {
-        self.close_requested.load(Ordering::Relaxed)
+        self.close_request.load(Ordering::Relaxed) != OPEN
     }
 
+    /// True when the close was asked for by a server shutting down.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.close_request.load(Ordering::Relaxed) == SHUTTING_DOWN
+    }
+
+    /// Marks the connection as closing without waking its task (the task itself, as it
+    /// ends).
+    pub(crate) fn mark_closing(&self) {
+        let _ = self.close_request.compare_exchange(
+            OPEN,
+            CLOSE_ASKED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Asks the connection to close because its server shuts down.
+    pub(crate) fn request_shutdown(&self) {
+        self.request(SHUTTING_DOWN);
+    }
+
+    /// Asks the connection to close.
     pub(crate) fn request_close(&self) {
-        if !self.close_requested.swap(true, Ordering::AcqRel) {
+        self.request(CLOSE_ASKED);
+    }
+
+    fn request(&self, reason: u8) {
+        // A shutdown marks a connection already closing too: its handlers hear of it.
+        if self.close_request.fetch_max(reason, Ordering::AcqRel) == OPEN {
             let waker = self
                 .close_waker
                 .lock()

@@ -67,14 +67,14 @@ pin_project_lite::pin_project! {
 }
 
 /// See [`Guarded`].
-pub(crate) fn guarded<F: Future<Output = Result<()>>>(channel: ChannelId, future: F) -> Guarded<F> {
+pub(crate) fn guarded<T, F: Future<Output = Result<T>>>(channel: ChannelId, future: F) -> Guarded<F> {
     Guarded { channel, future }
 }
 
-impl<F: Future<Output = Result<()>>> Future for Guarded<F> {
-    type Output = Result<()>;
+impl<T, F: Future<Output = Result<T>>> Future for Guarded<F> {
+    type Output = Result<T>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<()>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<T>> {
         let this = self.project();
         // Also names the framework as what runs, until a handler is polled.
         let _busy = crate::blocking::busy(*this.channel);

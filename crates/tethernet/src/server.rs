@@ -463,10 +463,7 @@ impl Registry {
     fn register(self: &Arc<Self>, shared: &Arc<ChannelShared>) -> Registered {
         let mut inner = self.lock();
         if inner.closed {
-            shared
-                .shutting_down
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            shared.request_close();
+            shared.request_shutdown();
         }
         inner.connections.insert(shared.id, Arc::downgrade(shared));
         Registered {
@@ -486,10 +483,7 @@ impl Registry {
                 .collect()
         };
         for shared in connections {
-            shared
-                .shutting_down
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            shared.request_close();
+            shared.request_shutdown();
         }
     }
 }
