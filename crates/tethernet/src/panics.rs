@@ -67,7 +67,10 @@ pin_project_lite::pin_project! {
 }
 
 /// See [`Guarded`].
-pub(crate) fn guarded<T, F: Future<Output = Result<T>>>(channel: ChannelId, future: F) -> Guarded<F> {
+pub(crate) fn guarded<T, F: Future<Output = Result<T>>>(
+    channel: ChannelId,
+    future: F,
+) -> Guarded<F> {
     Guarded { channel, future }
 }
 

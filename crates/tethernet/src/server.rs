@@ -418,14 +418,19 @@ impl Server {
                 }
             };
             let _registered = registry.register(&channel.shared);
+            // A TLS connection's handshake and session live in a box of their own, so
+            // that plain TCP connections do not pay for their layout in every task.
             #[cfg(feature = "tls")]
             if let Some(tls) = tls {
-                let _ = stream.set_nodelay(config.nodelay);
-                let peer = channel.peer_addr();
-                let Some(stream) = tls.accept(stream, peer).await else {
-                    return;
-                };
-                connection::run_tls(stream, pipeline(), channel, outbound, config).await;
+                Box::pin(async move {
+                    let _ = stream.set_nodelay(config.nodelay);
+                    let peer = channel.peer_addr();
+                    let Some(stream) = tls.accept(stream, peer).await else {
+                        return;
+                    };
+                    connection::run_tls(stream, pipeline(), channel, outbound, config).await;
+                })
+                .await;
                 return;
             }
             connection::run(stream, pipeline(), channel, outbound, config).await;

@@ -33,6 +33,7 @@ mod socket;
 mod timers;
 mod write;
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -147,34 +148,57 @@ pub(crate) fn channel_for<W>(
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn run<C, S, W>(
-    stream: TcpStream,
-    pipeline: Pipeline<C, S, W>,
+pub(crate) fn run<C, S, W>(
+    mut stream: TcpStream,
+    mut pipeline: Pipeline<C, S, W>,
     channel: Channel<W>,
     outbound: ByteReceiver<W>,
     config: Arc<ConnectionConfig>,
-) where
+) -> impl Future<Output = ()>
+where
     C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
-    // Declared before the socket so that it runs last, after the socket is closed.
-    let _closed = ClosedGuard::new(&channel.shared);
-    let mut stream = stream;
-    let _ = stream.set_nodelay(config.nodelay);
-    // Reads go through the read half's `AsyncRead`, which clears readiness after a short
-    // read (the socket is drained) and so saves a failing `recv` per batch; everything
-    // else uses the stream directly.
-    let (mut read_half, write_half) = stream.split();
-    let socket: &TcpStream = write_half.as_ref();
-    serve(socket, &mut read_half, pipeline, &channel, outbound, config).await;
+    async move {
+        // Declared before the socket so that it runs last, after the socket is closed.
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            eprintln!(
+                "PROBE pipeline {} codec {} stages {} tcp {} reader {} writer {}",
+                std::mem::size_of::<Pipeline<C, S, W>>(),
+                std::mem::size_of::<C>(),
+                std::mem::size_of::<S>(),
+                std::mem::size_of::<TcpStream>(),
+                std::mem::size_of::<Reader<'static>>(),
+                std::mem::size_of::<Writer<'static, TcpStream, C, W>>()
+            )
+        });
+        let _closed = ClosedGuard::new(&channel.shared);
+        let _ = stream.set_nodelay(config.nodelay);
+        // Reads go through the read half's `AsyncRead`, which clears readiness after a short
+        // read (the socket is drained) and so saves a failing `recv` per batch; everything
+        // else uses the stream directly.
+        let (mut read_half, write_half) = stream.split();
+        let socket: &TcpStream = write_half.as_ref();
+        serve(
+            socket,
+            &mut read_half,
+            &mut pipeline.codec,
+            &mut pipeline.stages,
+            &channel,
+            outbound,
+            &config,
+        )
+        .await;
+    }
 }
 
 /// Runs one TLS connection to its end (the handshake is done).
 #[cfg(feature = "tls")]
 pub(crate) async fn run_tls<C, S, W>(
     stream: crate::tls::ServerStream,
-    pipeline: Pipeline<C, S, W>,
+    mut pipeline: Pipeline<C, S, W>,
     channel: Channel<W>,
     outbound: ByteReceiver<W>,
     config: Arc<ConnectionConfig>,
@@ -189,10 +213,11 @@ pub(crate) async fn run_tls<C, S, W>(
     serve(
         &socket,
         &mut read_half,
-        pipeline,
+        &mut pipeline.codec,
+        &mut pipeline.stages,
         &channel,
         outbound,
-        config,
+        &config,
     )
     .await;
 }
@@ -221,83 +246,92 @@ enum End {
 }
 
 /// The connection's life on a socket: its phases in order, then its buffers released.
-async fn serve<T, R, C, S, W>(
-    socket: &T,
-    read_half: &mut R,
-    pipeline: Pipeline<C, S, W>,
-    channel: &Channel<W>,
+///
+/// The codec and the stages are borrowed from the caller's pipeline, not moved in: a value
+/// moved from one future's state into another's keeps its room in both.
+fn serve<'a, T, R, C, S, W>(
+    socket: &'a T,
+    read_half: &'a mut R,
+    codec: &'a mut C,
+    stages: &'a mut S,
+    channel: &'a Channel<W>,
     outbound: ByteReceiver<W>,
-    config: Arc<ConnectionConfig>,
-) where
+    config: &'a ConnectionConfig,
+) -> impl Future<Output = ()> + 'a
+where
     T: Socket,
     R: tokio::io::AsyncRead + Unpin,
     C: PipelineCodec<W>,
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
-    let Pipeline {
-        codec, mut stages, ..
-    } = pipeline;
-    let stats = channel.shared.stats.clone();
-    let mut writer = Writer::new(socket, codec, outbound, &stats, &config);
-    let mut reader = Reader::new(&config, stats.clone(), channel.shared.tether.clone());
+    async move {
+        let stats = &channel.shared.stats;
+        let mut writer = Writer::new(socket, codec, outbound, stats, config);
+        let mut reader = Reader::new(config, stats.clone(), channel.shared.tether.clone());
 
-    let mut phase = Phase::Active;
-    loop {
-        phase = match phase {
-            Phase::Active => {
-                let run = drive::drive(
-                    socket,
-                    read_half,
-                    &mut reader,
-                    &mut writer,
-                    &mut stages,
-                    channel,
-                    &config,
-                );
-                match crate::panics::guarded(channel.id(), run).await {
-                    Ok(End::PeerEnded) if !channel.shared.close_requested() => Phase::Draining,
-                    Ok(End::PeerEnded | End::Asked) => Phase::Closing(Ok(())),
-                    Ok(End::Failed(error)) | Err(error) => Phase::Closing(Err(error)),
+        // Each phase's future is made inside the `guarded` call, never bound to a local
+        // first: a future moved out of a local still takes room in the task's layout.
+        let mut phase = Phase::Active;
+        loop {
+            phase = match phase {
+                Phase::Active => {
+                    let id = channel.id();
+                    match crate::panics::guarded(
+                        id,
+                        drive::drive(
+                            socket,
+                            read_half,
+                            &mut reader,
+                            &mut writer,
+                            stages,
+                            channel,
+                            config,
+                        ),
+                    )
+                    .await
+                    {
+                        Ok(End::PeerEnded) if !channel.shared.close_requested() => Phase::Draining,
+                        Ok(End::PeerEnded | End::Asked) => Phase::Closing(Ok(())),
+                        Ok(End::Failed(error)) | Err(error) => Phase::Closing(Err(error)),
+                    }
                 }
-            }
-            // The draining and closing steps run once per connection; boxing them keeps
-            // their state (handler futures, the close timer) out of the connection task,
-            // which every idle connection pays for.
-            Phase::Draining => {
-                let drain = async {
-                    Box::pin(close::drain(&mut writer, &mut stages, channel, &config)).await;
-                    Ok(())
-                };
-                match crate::panics::guarded(channel.id(), drain).await {
-                    Ok(()) => Phase::Closing(Ok(())),
-                    Err(error) => Phase::Closing(Err(error)),
-                }
-            }
-            Phase::Closing(outcome) => {
-                let closing = async {
-                    Box::pin(close::close(
-                        outcome,
-                        &mut writer,
-                        &mut stages,
-                        channel,
-                        &config,
-                    ))
+                // The draining and closing steps run once per connection, in boxes: their
+                // state (handler futures, the close timer) stays out of the connection task,
+                // which every idle connection pays for.
+                Phase::Draining => {
+                    let drained = crate::panics::guarded(
+                        channel.id(),
+                        Box::pin(async {
+                            close::drain(&mut writer, stages, channel, config).await;
+                            Ok(())
+                        }),
+                    )
                     .await;
-                    Ok(())
-                };
-                if let Err(error) = crate::panics::guarded(channel.id(), closing).await {
-                    // The rest of the close still happens: buffers released, queue
-                    // emptied, and the closed guard cancels what the connection owns.
-                    tracing::error!(channel = %channel.id(), %error, "a handler panicked while the connection closed");
+                    Phase::Closing(drained)
                 }
-                break;
-            }
-        };
+                Phase::Closing(outcome) => {
+                    let closed = crate::panics::guarded(
+                        channel.id(),
+                        Box::pin(async {
+                            close::close(outcome, &mut writer, stages, channel, config).await;
+                            Ok(())
+                        }),
+                    )
+                    .await;
+                    if let Err(error) = closed {
+                        // The rest of the close still happens: buffers released, queue
+                        // emptied, and the closed guard cancels what the connection owns.
+                        tracing::error!(channel = %channel.id(), %error, "a handler panicked while the connection closed");
+                    }
+                    break;
+                }
+            };
+        }
+        writer.outbound.close_and_discard();
+        reader.release();
+        writer.release();
     }
-    writer.outbound.close_and_discard();
-    reader.release();
-    writer.release();
 }
 
 /// Marks the connection closed when its task ends, however it ends (a panicking handler

@@ -28,7 +28,7 @@ const WRITE_BUFFER_SIZE: usize = 8 * 1024;
 pub(super) struct Writer<'a, T, C, W> {
     pub(super) stream: &'a T,
     /// The pipeline's codec; the read side decodes with it too.
-    pub(super) codec: C,
+    pub(super) codec: &'a mut C,
     buffer: BytesMut,
     /// Capacity last reported to the meter.
     accounted: usize,
@@ -48,7 +48,7 @@ pub(super) struct Writer<'a, T, C, W> {
 impl<'a, T, C, W> Writer<'a, T, C, W> {
     pub(super) fn new(
         stream: &'a T,
-        codec: C,
+        codec: &'a mut C,
         outbound: ByteReceiver<W>,
         stats: &'a ChannelStats,
         config: &ConnectionConfig,
@@ -86,8 +86,7 @@ impl<'a, T, C, W> Writer<'a, T, C, W> {
         writable: &std::sync::atomic::AtomicBool,
     ) -> Option<bool> {
         use std::sync::atomic::Ordering;
-        let pending =
-            self.buffer.len() + self.stats.meter(MemoryKind::OutboundQueue).current();
+        let pending = self.buffer.len() + self.stats.meter(MemoryKind::OutboundQueue).current();
         let was = writable.load(Ordering::Relaxed);
         if was && pending > self.high_watermark {
             writable.store(false, Ordering::Relaxed);
