@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::queue::{ByteSender, TrySendError};
@@ -96,8 +96,8 @@ pub(crate) struct ChannelShared {
     /// The connection task's waker, woken by a close request. Registered once per
     /// connection (a task's waker does not change), so waiting costs no lock.
     pub(crate) close_waker: Mutex<Option<Waker>>,
-    /// Cancelled once the connection task has finished and the socket is closed.
-    pub(crate) closed: CancellationToken,
+    /// Set once the connection task has finished and the socket is closed.
+    pub(crate) closed: ClosedSignal,
     /// Live [`Channel`] values (the connection task's own included): handles held after
     /// the close are reported ([`crate::leak`]).
     pub(crate) handles: AtomicUsize,
@@ -107,6 +107,41 @@ pub(crate) struct ChannelShared {
     /// Bytes charged for the connection task itself ([`MemoryKind::Tasks`]), taken back
     /// as the connection is marked closed (the task's memory goes an instant later).
     pub(crate) task_bytes: AtomicUsize,
+}
+
+/// Set once, when the connection task has finished and the socket is closed; wakes every
+/// task waiting for it. (Inline in the shared state: a `CancellationToken` would be a
+/// separate 112-byte allocation per connection.)
+#[derive(Default)]
+pub(crate) struct ClosedSignal {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl ClosedSignal {
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Sets the signal and wakes every waiter. Idempotent.
+    pub(crate) fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes once the signal is set.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a `set` between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Takes back the connection task's charge when dropped (however the task ends).
@@ -308,7 +343,7 @@ impl<W> Channel<W> {
 
     /// True once the connection is fully closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.closed.is_set()
     }
 
     /// True while the connection holds less than its high watermark of outbound bytes
@@ -390,7 +425,7 @@ impl<W> Channel<W> {
 
     /// Completes when the connection is fully closed and its task has finished.
     pub async fn closed(&self) {
-        self.shared.closed.cancelled().await
+        self.shared.closed.wait().await
     }
 }
 

@@ -111,7 +111,7 @@ impl Client {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "could not register a connected socket");
-                    task_channel.shared.closed.cancel();
+                    task_channel.shared.closed.set();
                 }
             }
         };

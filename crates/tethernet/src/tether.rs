@@ -57,11 +57,61 @@ struct State {
     next_key: u64,
     /// Live owned tasks; an entry goes when its task is dropped, so entries left after
     /// the connection closed are tasks that did not stop.
-    tasks: HashMap<u64, OwnedTask>,
-    resources: HashMap<u64, Resource>,
-    on_close: HashMap<u64, Box<dyn FnOnce() + Send>>,
+    tasks: Sparse<OwnedTask>,
+    resources: Sparse<Resource>,
+    on_close: Sparse<Box<dyn FnOnce() + Send>>,
     /// Frames and tracked values alive, for leak reports.
-    tracked: HashMap<u64, Record>,
+    tracked: Sparse<Record>,
+}
+
+/// A map by key that takes one word until its first entry: most connections own no task,
+/// tether no value and register no hook, and every connection carries four of these.
+struct Sparse<V>(Option<Box<HashMap<u64, V>>>);
+
+impl<V> Default for Sparse<V> {
+    fn default() -> Self {
+        Sparse(None)
+    }
+}
+
+impl<V> Sparse<V> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |map| map.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&mut self, key: u64, value: V) {
+        self.0.get_or_insert_with(Default::default).insert(key, value);
+    }
+
+    fn get(&self, key: &u64) -> Option<&V> {
+        self.0.as_ref()?.get(key)
+    }
+
+    fn get_mut(&mut self, key: &u64) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(key)
+    }
+
+    /// Removes an entry; the map's allocation goes with its last entry.
+    fn remove(&mut self, key: &u64) -> Option<V> {
+        let map = self.0.as_mut()?;
+        let removed = map.remove(key);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().flat_map(|map| map.values())
+    }
+
+    fn into_values(self) -> impl Iterator<Item = V> {
+        self.0.into_iter().flat_map(|map| map.into_values())
+    }
 }
 
 /// Most live records (frames and tracked values) kept per connection; past it, new ones

@@ -40,7 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Channel, ChannelId, ChannelShared};
 use crate::error::{Error, Result};
@@ -139,7 +138,7 @@ pub(crate) fn channel_for<W>(
         close_timeout: config.close_timeout,
         writable: AtomicBool::new(true),
         close_waker: Mutex::new(None),
-        closed: CancellationToken::new(),
+        closed: Default::default(),
         handles: AtomicUsize::new(1),
         budget: config.max_connection_memory,
         task_bytes: AtomicUsize::new(0),
@@ -363,6 +362,6 @@ impl Drop for ClosedGuard<'_> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        self.0.closed.cancel();
+        self.0.closed.set();
     }
 }
