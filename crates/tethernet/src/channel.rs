@@ -102,7 +102,7 @@ pub(crate) struct ChannelShared {
     /// the close are reported ([`crate::leak`]).
     pub(crate) handles: AtomicUsize,
     /// The per-connection memory budget, all kinds together: a write that would wait for
-    /// room past it fails with [`Error::Limit`].
+    /// room past it fails with an error of kind [`ErrorKind::Limit`](crate::ErrorKind::Limit).
     pub(crate) budget: usize,
     /// Bytes charged for the connection task itself ([`MemoryKind::Tasks`]), taken back
     /// as the connection is marked closed (the task's memory goes an instant later).
@@ -398,7 +398,7 @@ impl<W> Channel<W> {
     /// counted against the connection (by its inline size: see
     /// [`track_sized`](Channel::track_sized) to count what it owns) and, if still alive a grace
     /// period after the connection closed, reported as a leak with the caller's location
-    /// ([`crate::leak`]). Fails with [`Error::Closed`] once the connection has closed.
+    /// ([`crate::leak`]). Fails with [`Error::closed()`] once the connection has closed.
     #[track_caller]
     pub fn track<T>(&self, value: T) -> Result<Tracked<T>> {
         Tracked::new(&self.shared.tether, value, std::mem::size_of::<T>())
@@ -434,18 +434,18 @@ impl<W: MessageSize> Channel<W> {
     ///
     /// While the connection is closing, writes are still taken and flushed within the
     /// close timeout (a goodbye from a handler on an executor, say). Fails with
-    /// [`Error::Closed`] once the connection has closed its queue, also while waiting.
+    /// [`Error::closed()`] once the connection has closed its queue, also while waiting.
     ///
     /// While it waits, the message is charged to the connection
     /// ([`MemoryKind::PendingWrites`]), and a write that
     /// would wait past the connection's memory budget (all kinds together; see
     /// [`ServerBuilder::max_connection_memory`](crate::ServerBuilder::max_connection_memory))
-    /// fails at once with [`Error::Limit`] instead: however many tasks write to a peer
+    /// fails at once with an error of kind [`ErrorKind::Limit`](crate::ErrorKind::Limit) instead: however many tasks write to a peer
     /// that does not read, what they hold is bounded.
     pub async fn write(&self, message: W) -> Result<()> {
         match self.outbound.try_send(message) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Closed(_)) => Err(Error::closed()),
             // Boxed: the waiting path's state (the message, its charge, the queue's
             // waiter) stays out of every writer's future, which the fast path keeps
             // small (a handler's `ctx.write` future holds this one inline).
@@ -461,22 +461,22 @@ impl<W: MessageSize> Channel<W> {
         if held + bytes > self.shared.budget {
             stats.count_dropped(1);
             global().budget_refusals.add(1);
-            return Err(Error::Limit {
-                what: "connection memory budget",
-                limit: self.shared.budget,
-            });
+            return Err(Error::limit("connection memory budget", self.shared.budget));
         }
         let _pending = crate::stats::Charge::new(stats, MemoryKind::PendingWrites, bytes);
-        self.outbound.send(message).await.map_err(|_| Error::Closed)
+        self.outbound
+            .send(message)
+            .await
+            .map_err(|_| Error::closed())
     }
 
-    /// Queues `message` if the outbound queue has room now; fails with [`Error::Full`]
-    /// if not (the message is dropped and counted), or [`Error::Closed`]. The same as
+    /// Queues `message` if the outbound queue has room now; fails with [`Error::full()`]
+    /// if not (the message is dropped and counted), or [`Error::closed()`]. The same as
     /// `offer(message, Overflow::DropNewest)`, as a `Result`.
     pub fn try_write(&self, message: W) -> Result<()> {
         match self.offer(message, Overflow::DropNewest)? {
             Offered::Queued => Ok(()),
-            _ => Err(Error::Full),
+            _ => Err(Error::full()),
         }
     }
 
@@ -486,7 +486,7 @@ impl<W: MessageSize> Channel<W> {
     /// [`ChannelStats::dropped_messages`], and process-wide).
     pub fn offer(&self, message: W, policy: Overflow) -> Result<Offered> {
         if self.shared.close_requested() {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         let outcome = match policy {
             Overflow::DropOldest => {
@@ -504,7 +504,7 @@ impl<W: MessageSize> Channel<W> {
         };
         match outcome {
             Ok(offered) => Ok(offered),
-            Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Closed(_)) => Err(Error::closed()),
             Err(TrySendError::Full(_)) => {
                 self.stats().count_dropped(1);
                 if policy == Overflow::CloseSlowConsumer {

@@ -270,11 +270,11 @@ where
 
     async fn read(&mut self, io: &mut Io<'_, W>, message: M) -> Result<()> {
         let OffloadState::Running { queue, .. } = &self.state else {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         };
         let item = match queue.try_send(Item::Read(message)) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Closed(_)) => return Err(Error::Closed),
+            Err(TrySendError::Closed(_)) => return Err(Error::closed()),
             Err(TrySendError::Full(item)) => item,
         };
         // Waiting for room: the message is still the connection's.
@@ -282,7 +282,7 @@ where
         let _waiting = Charge::new(&stats, MemoryKind::Fired, item.charged_size());
         match io.wait_for(queue.send(item)).await? {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::Closed),
+            Err(_) => Err(Error::closed()),
         }
     }
 
@@ -354,11 +354,11 @@ where
         // further: the barrier then passes on from there).
         let (done, ran) = tokio::sync::oneshot::channel();
         if io.wait_for(queue.send(Item::Barrier(done))).await?.is_err() {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         match io.serve_outbound_while(ran).await? {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::Closed),
+            Err(_) => Err(Error::closed()),
         }
     }
 
@@ -446,7 +446,7 @@ where
     /// Runs one event through the segment, inline (async flavour) or on a blocking thread.
     async fn step(&mut self, step: Step<M>) -> Result<()> {
         let Some(mut segment) = self.segment.take() else {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         };
         let result = match &self.blocking {
             None => {
@@ -483,7 +483,7 @@ where
                             tracing::error!(channel = %self.channel.id(), executor = %self.executor, "a blocking handler panicked; closing the connection");
                         }
                         self.channel.close();
-                        return Err(Error::Closed);
+                        return Err(Error::closed());
                     }
                 }
             }

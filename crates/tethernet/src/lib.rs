@@ -104,7 +104,7 @@ struct ReadmeDoctests;
 pub use channel::{Channel, ChannelId, Offered, Overflow};
 pub use client::{Client, ClientBuilder, Connection};
 pub use connection::IdleTimeouts;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use event_loop::EventLoopGroup;
 pub use executor::{Executor, ExecutorBuilder};
 pub use frame::Frame;

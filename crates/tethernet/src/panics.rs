@@ -56,7 +56,7 @@ impl<F: Future> Future for Named<'_, F> {
 
 pin_project_lite::pin_project! {
     /// Runs `future`, the work of `channel`; a panic while polling it becomes
-    /// [`Error::Panic`] naming the handler that was running. Each poll is watched for
+    /// an error of kind [`ErrorKind::Panic`](crate::ErrorKind::Panic) naming the handler that was running. Each poll is watched for
     /// blocking ([`crate::blocking`]). A struct, not an `async fn`: an `async` wrapper
     /// would hold the wrapped future twice (moved in, then pinned).
     pub(crate) struct Guarded<F> {
@@ -96,10 +96,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Guarded<F> {
                     .map(|s| (*s).to_owned())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "(a panic with a non-string payload)".to_owned());
-                Poll::Ready(Err(Error::Panic {
-                    handler: crate::blocking::running(),
-                    message,
-                }))
+                Poll::Ready(Err(Error::panic(crate::blocking::running(), message)))
             }
         }
     }

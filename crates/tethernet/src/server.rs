@@ -128,7 +128,7 @@ impl ServerBuilder {
     /// 4 MiB; see [`MemoryKind`](crate::MemoryKind)). Waiting is where memory piles up
     /// unseen, so the budget is checked where a connection's work would wait: a
     /// [`Channel::write`](crate::Channel::write) that finds the outbound queue full fails
-    /// with [`Error::Limit`] instead of waiting when the connection
+    /// with an error of kind [`ErrorKind::Limit`](crate::ErrorKind::Limit) instead of waiting when the connection
     /// already holds its budget.
     pub fn max_connection_memory(mut self, bytes: usize) -> Self {
         self.config.max_connection_memory = bytes.max(1);
@@ -174,7 +174,7 @@ impl ServerBuilder {
     /// Closes a connection whose peer starts a frame and does not finish it within
     /// `timeout` (off by default): a slowloris peer trickling bytes holds its partial
     /// frame, and a slot, for at most this long. The pipeline is told with
-    /// [`Error::FrameTimeout`]; counted in
+    /// an error of kind [`ErrorKind::FrameTimeout`](crate::ErrorKind::FrameTimeout); counted in
     /// [`GlobalStats::frame_timeouts`](crate::GlobalStats).
     pub fn frame_timeout(mut self, timeout: Duration) -> Self {
         self.config.frame_timeout = Some(timeout);
@@ -223,10 +223,10 @@ impl ServerBuilder {
             }
         }
         Err(match last_error {
-            Some((addr, error)) => Error::Config(format!(
+            Some((addr, error)) => Error::config(format!(
                 "cannot listen on {addr}: {error} (is another process using the port?)"
             )),
-            None => Error::Config("the listen address resolved to nothing".into()),
+            None => Error::config("the listen address resolved to nothing"),
         })
     }
 

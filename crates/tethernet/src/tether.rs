@@ -65,7 +65,9 @@ struct State {
 }
 
 /// A map by key that takes one word until its first entry: most connections own no task,
-/// tether no value and register no hook, and every connection carries four of these.
+/// tether no value and register no hook, and every connection carries four of these (a
+/// `HashMap` inline is six words even when empty; the box is the point).
+#[allow(clippy::box_collection)]
 struct Sparse<V>(Option<Box<HashMap<u64, V>>>);
 
 impl<V> Default for Sparse<V> {
@@ -84,7 +86,9 @@ impl<V> Sparse<V> {
     }
 
     fn insert(&mut self, key: u64, value: V) {
-        self.0.get_or_insert_with(Default::default).insert(key, value);
+        self.0
+            .get_or_insert_with(Default::default)
+            .insert(key, value);
     }
 
     fn get(&self, key: &u64) -> Option<&V> {
@@ -166,15 +170,15 @@ impl Tether {
     {
         let created_at = Location::caller();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Config("Channel::spawn needs a tokio runtime: call it from a task".into())
+            Error::config("Channel::spawn needs a tokio runtime: call it from a task")
         })?;
         let key = {
             let mut state = self.lock();
             if state.closed {
-                return Err(Error::Closed);
+                return Err(Error::closed());
             }
             if state.tasks.len() >= self.max_tasks {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "the connection already owns {} tasks (the cap); let some finish first",
                     self.max_tasks
                 )));
@@ -244,10 +248,10 @@ impl Tether {
         let created_at = Location::caller();
         let mut state = self.lock();
         if state.closed {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         if state.resources.len() >= self.max_tasks {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the connection already holds {} tethered values (the cap); untether some first",
                 self.max_tasks
             )));
@@ -491,9 +495,9 @@ impl<T> Tracked<T> {
             )
             .ok_or_else(|| {
                 if tether.lock().closed {
-                    Error::Closed
+                    Error::closed()
                 } else {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "the connection already has {MAX_TRACKED} live tracked values and frames (the cap)"
                     ))
                 }

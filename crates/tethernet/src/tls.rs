@@ -87,29 +87,28 @@ impl TlsSettings {
         let chain = CertificateDer::pem_slice_iter(certificate_chain)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|error| {
-                Error::Config(format!(
+                Error::config(format!(
                     "cannot read the TLS certificate chain: {error} (expected PEM `CERTIFICATE` blocks)"
                 ))
             })?;
         if chain.is_empty() {
-            return Err(Error::Config(
-                "the TLS certificate file holds no certificate (expected PEM `CERTIFICATE` blocks)"
-                    .into(),
+            return Err(Error::config(
+                "the TLS certificate file holds no certificate (expected PEM `CERTIFICATE` blocks)",
             ));
         }
         let key = PrivateKeyDer::from_pem_slice(private_key).map_err(|error| {
-            Error::Config(format!(
+            Error::config(format!(
                 "cannot read the TLS private key: {error} (expected one PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)"
             ))
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|error| Error::Config(format!("TLS set-up failed: {error}")))?
+            .map_err(|error| Error::config(format!("TLS set-up failed: {error}")))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|error| {
-                Error::Config(format!(
+                Error::config(format!(
                     "the TLS certificate and key do not fit together: {error} (is the key the certificate's?)"
                 ))
             })?;
@@ -123,7 +122,7 @@ impl TlsSettings {
     ) -> Result<TlsSettings> {
         let read = |path: &Path, what: &str| {
             std::fs::read(path).map_err(|error| {
-                Error::Config(format!(
+                Error::config(format!(
                     "cannot read the TLS {what} file {}: {error}",
                     path.display()
                 ))

@@ -552,7 +552,7 @@ where
         self.scratch.clear();
         self.codec
             .encode(message, &mut self.scratch)
-            .map_err(|error| Error::Codec(Box::new(error)))?;
+            .map_err(Error::codec)?;
         let peer = self.codec.to.take().expect("the codec recorded the peer");
         self.stats.count_written(1);
         if self.waiting.is_empty() {

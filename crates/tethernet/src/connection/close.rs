@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::write::Writer;
 use super::{ConnectionConfig, Socket};
 use crate::channel::Channel;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::context::Io;
 use crate::pipeline::{ChannelEvent, Event, PipelineCodec, Stage};
 use crate::size::MessageSize;
@@ -68,16 +68,16 @@ pub(super) async fn close<T, C, S, W>(
     W: MessageSize + Send + 'static,
 {
     channel.close();
-    let socket_healthy = !matches!(outcome, Err(Error::Io(_)));
+    let socket_healthy = !outcome.as_ref().is_err_and(Error::is_io);
     if let Err(error) = &outcome {
-        match error {
-            Error::Io(e) => {
-                tracing::debug!(channel = %channel.id(), error = %e, "connection failed")
+        match error.kind() {
+            ErrorKind::Io => {
+                tracing::debug!(channel = %channel.id(), %error, "connection failed")
             }
-            Error::Codec(_) | Error::FrameTimeout(_) => {
+            ErrorKind::Codec | ErrorKind::FrameTimeout => {
                 tracing::debug!(channel = %channel.id(), %error, "closing the connection after bad input")
             }
-            Error::Closed => {}
+            ErrorKind::Closed => {}
             _ => {
                 tracing::warn!(channel = %channel.id(), %error, "closing the connection after an error")
             }

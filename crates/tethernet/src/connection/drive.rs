@@ -23,6 +23,7 @@ use crate::size::MessageSize;
 /// A plain function returning an `async move` block rather than an `async fn`: an `async
 /// fn` keeps its arguments twice in its state (as captured, and as locals), the block
 /// uses the captured ones in place. The same holds for `serve` and `run`.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
 pub(super) fn drive<'a, 'r, 'w, T, R, C, S, W>(
     stream: &'a T,
     read_half: &'a mut R,
@@ -126,7 +127,7 @@ where
                 Wake::FrameTimeout => {
                     crate::stats::global().frame_timeouts.add(1);
                     let timeout = config.frame_timeout.unwrap_or_default();
-                    return Ok(End::Failed(Error::FrameTimeout(timeout)));
+                    return Ok(End::Failed(Error::frame_timeout(timeout)));
                 }
                 Wake::IdleCheck => {
                     if let Some(timer) = idle.as_mut() {
@@ -198,7 +199,7 @@ where
                 }
             }
             Ok(None) => break end_of_stream.then_some(End::PeerEnded),
-            Err(error) => break Some(End::Failed(Error::Codec(Box::new(error)))),
+            Err(error) => break Some(End::Failed(Error::codec(error))),
         }
     };
     channel.stats().count_read(frames);

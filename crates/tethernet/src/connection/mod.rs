@@ -147,6 +147,7 @@ pub(crate) fn channel_for<W>(
 }
 
 /// Runs one connection to its end.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
 pub(crate) fn run<C, S, W>(
     mut stream: TcpStream,
     mut pipeline: Pipeline<C, S, W>,
@@ -248,6 +249,7 @@ enum End {
 ///
 /// The codec and the stages are borrowed from the caller's pipeline, not moved in: a value
 /// moved from one future's state into another's keeps its room in both.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
 fn serve<'a, T, R, C, S, W>(
     socket: &'a T,
     read_half: &'a mut R,

@@ -122,7 +122,7 @@ where
     pub(super) fn write_until(&mut self, limit: usize) -> Result<bool> {
         while self.buffer.len() > limit {
             match self.stream.try_write(&self.buffer) {
-                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     self.buffer.advance(n);
                     self.wrote = true;
@@ -252,7 +252,7 @@ where
         }
         self.codec
             .encode(message, &mut self.buffer)
-            .map_err(|error| Error::Codec(Box::new(error)))?;
+            .map_err(Error::codec)?;
         self.written += 1;
         Ok(())
     }

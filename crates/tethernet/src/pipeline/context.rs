@@ -76,7 +76,7 @@ impl<'a, W> Io<'a, W> {
     /// Waits for `future`; on the I/O thread, keeps serving the outbound side meanwhile
     /// (a business executor blocked on a full outbound queue must be able to make progress
     /// while this connection waits for room in that executor's inbound queue). Gives up
-    /// with [`Error::Closed`] once a close is asked for: a peer that stopped reading must
+    /// with [`Error::closed()`] once a close is asked for: a peer that stopped reading must
     /// not hold a closing connection.
     pub(crate) async fn wait_for<F: Future>(&mut self, future: F) -> Result<F::Output> {
         self.wait(future, true).await
@@ -100,7 +100,7 @@ impl<'a, W> Io<'a, W> {
                         return Poll::Ready(Ok(output));
                     }
                     if give_up_on_close && shared.poll_close(cx, &mut registered) {
-                        return Poll::Ready(Err(Error::Closed));
+                        return Poll::Ready(Err(Error::closed()));
                     }
                     match sink.poll_serve_outbound(cx) {
                         Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -396,7 +396,7 @@ impl<N: MessageSize, W> Context<'_, N, W> {
     }
 }
 
-impl<N, W: MessageSize> Context<'_, N, W> {
+impl<'a, N, W: MessageSize> Context<'a, N, W> {
     /// Writes `message` to the connection.
     ///
     /// On the connection's I/O thread the message is encoded straight into the write
@@ -406,29 +406,37 @@ impl<N, W: MessageSize> Context<'_, N, W> {
     /// business executor the message goes through the connection's outbound queue and this
     /// call waits while the queue is full. Either way, messages one handler writes reach
     /// the socket in the order written.
-    pub async fn write(&mut self, message: W) -> Result<()> {
-        match &mut self.io.sink {
-            Sink::Direct(sink) => {
-                sink.encode(message)?;
-                if sink.is_over_high_watermark() {
-                    // Waits for the peer to read, but not past a close request: a peer
-                    // that stopped reading must not hold a closing connection.
-                    let shared = &self.io.channel.shared;
-                    let mut registered = None;
-                    poll_fn(|cx| {
-                        if let Poll::Ready(flushed) = sink.poll_flush_to_low_watermark(cx) {
-                            return Poll::Ready(flushed);
-                        }
-                        if shared.poll_close(cx, &mut registered) {
-                            return Poll::Ready(Err(Error::Closed));
-                        }
-                        Poll::Pending
-                    })
-                    .await?;
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
+    pub fn write<'s>(
+        &'s mut self,
+        message: W,
+    ) -> impl Future<Output = Result<()>> + use<'s, 'a, N, W> {
+        // An `async move` block rather than an `async fn`, which would keep `message`
+        // twice in its state: this future is made for every message written.
+        async move {
+            match &mut self.io.sink {
+                Sink::Direct(sink) => {
+                    sink.encode(message)?;
+                    if sink.is_over_high_watermark() {
+                        // Waits for the peer to read, but not past a close request: a peer
+                        // that stopped reading must not hold a closing connection.
+                        let shared = &self.io.channel.shared;
+                        let mut registered = None;
+                        poll_fn(|cx| {
+                            if let Poll::Ready(flushed) = sink.poll_flush_to_low_watermark(cx) {
+                                return Poll::Ready(flushed);
+                            }
+                            if shared.poll_close(cx, &mut registered) {
+                                return Poll::Ready(Err(Error::closed()));
+                            }
+                            Poll::Pending
+                        })
+                        .await?;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                Sink::Queued => self.io.channel.write(message).await,
             }
-            Sink::Queued => self.io.channel.write(message).await,
         }
     }
 
@@ -440,7 +448,7 @@ impl<N, W: MessageSize> Context<'_, N, W> {
             Sink::Direct(sink) => poll_fn(|cx| sink.poll_flush(cx)).await,
             Sink::Queued => {
                 if self.io.channel.is_closed() {
-                    Err(Error::Closed)
+                    Err(Error::closed())
                 } else {
                     Ok(())
                 }

@@ -139,10 +139,7 @@ where
 }
 
 fn tag(error: Error, handler: &'static str) -> Error {
-    match error {
-        Error::Other(source) => Error::Handler { handler, source },
-        other => other,
-    }
+    error.with_handler(handler)
 }
 
 impl<H, In, W, N> Stage<In, W> for Node<H, In, W, N>
@@ -152,26 +149,32 @@ where
     W: Send + 'static,
     N: Stage<H::Next, W>,
 {
-    async fn read(&mut self, io: &mut Io<'_, W>, message: In) -> Result<()> {
-        // A frame remembers the last handler it was handed to, for leak reports.
-        crate::frame::touch(&message, self.name_id);
-        let mut ctx = Context::new(io.reborrow(), &mut self.down);
-        let result = crate::panics::named(
-            Self::name(),
-            self.name_id,
-            std::pin::pin!(self.handler.read(&mut ctx, message)),
-        )
-        .await;
-        if let Err(error) = result {
-            self.down.fired.clear(&io.channel.shared.stats);
-            return Err(tag(error, Self::name()));
+    // A plain function returning an `async move` block, not an `async fn`: an `async fn`
+    // keeps its arguments twice in its state, and this future is moved (copied) into its
+    // caller's state once per message.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
+    fn read(&mut self, io: &mut Io<'_, W>, message: In) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            // A frame remembers the last handler it was handed to, for leak reports.
+            crate::frame::touch(&message, self.name_id);
+            let mut ctx = Context::new(io.reborrow(), &mut self.down);
+            let result = crate::panics::named(
+                Self::name(),
+                self.name_id,
+                std::pin::pin!(self.handler.read(&mut ctx, message)),
+            )
+            .await;
+            if let Err(error) = result {
+                self.down.fired.clear(&io.channel.shared.stats);
+                return Err(tag(error, Self::name()));
+            }
+            // Checked here rather than in `deliver`: building and dropping its future for
+            // every frame that is not passed on is measurable in the echo benchmark.
+            if self.down.fired.is_empty() {
+                return Ok(());
+            }
+            self.deliver(io).await
         }
-        // Checked here rather than in `deliver`: building and dropping its future for
-        // every frame that is not passed on is measurable in the echo benchmark.
-        if self.down.fired.is_empty() {
-            return Ok(());
-        }
-        self.deliver(io).await
     }
 
     async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
