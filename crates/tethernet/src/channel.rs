@@ -398,7 +398,7 @@ impl<W> Channel<W> {
     /// counted against the connection (by its inline size: see
     /// [`track_sized`](Channel::track_sized) to count what it owns) and, if still alive a grace
     /// period after the connection closed, reported as a leak with the caller's location
-    /// ([`crate::leak`]). Fails with [`Error::closed()`] once the connection has closed.
+    /// ([`crate::leak`]). Fails with [`Error::closed`] once the connection has closed.
     #[track_caller]
     pub fn track<T>(&self, value: T) -> Result<Tracked<T>> {
         Tracked::new(&self.shared.tether, value, std::mem::size_of::<T>())
@@ -434,7 +434,7 @@ impl<W: MessageSize> Channel<W> {
     ///
     /// While the connection is closing, writes are still taken and flushed within the
     /// close timeout (a goodbye from a handler on an executor, say). Fails with
-    /// [`Error::closed()`] once the connection has closed its queue, also while waiting.
+    /// [`Error::closed`] once the connection has closed its queue, also while waiting.
     ///
     /// While it waits, the message is charged to the connection
     /// ([`MemoryKind::PendingWrites`]), and a write that
@@ -470,8 +470,8 @@ impl<W: MessageSize> Channel<W> {
             .map_err(|_| Error::closed())
     }
 
-    /// Queues `message` if the outbound queue has room now; fails with [`Error::full()`]
-    /// if not (the message is dropped and counted), or [`Error::closed()`]. The same as
+    /// Queues `message` if the outbound queue has room now; fails with an error of kind [`ErrorKind::Full`](crate::ErrorKind::Full)
+    /// if not (the message is dropped and counted), or [`Error::closed`]. The same as
     /// `offer(message, Overflow::DropNewest)`, as a `Result`.
     pub fn try_write(&self, message: W) -> Result<()> {
         match self.offer(message, Overflow::DropNewest)? {

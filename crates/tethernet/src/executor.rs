@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use crate::channel::Channel;
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoopGroup;
-use crate::pipeline::context::Io;
+use crate::pipeline::context::ConnectionIo;
 use crate::pipeline::stage::{Append, Stage};
 use crate::pipeline::Event;
 use crate::queue::{byte_queue, ByteReceiver, ByteSender, TrySendError};
@@ -188,7 +188,8 @@ enum OffloadState<S, M> {
 }
 
 /// The pipeline stage that hands messages to a segment of handlers running on an
-/// [`Executor`] (see the module docs).
+/// [`Executor`] (see the module docs). Appears in the types of pipelines; built by
+/// [`PipelineBuilder::on`](crate::PipelineBuilder::on).
 pub struct Offload<S, M, W> {
     executor: Executor,
     state: OffloadState<S, M>,
@@ -215,6 +216,8 @@ impl<S, M, W> Drop for Offload<S, M, W> {
     }
 }
 
+impl<S, M, W> crate::pipeline::stage::sealed::Sealed for Offload<S, M, W> {}
+
 impl<S, M, W, X> Append<X> for Offload<S, M, W>
 where
     S: Append<X>,
@@ -235,7 +238,7 @@ where
     M: MessageSize + Send + 'static,
     W: MessageSize + Send + 'static,
 {
-    async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn active(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         let state = std::mem::replace(&mut self.state, OffloadState::Finished);
         let OffloadState::Idle(segment) = state else {
             return Ok(());
@@ -268,7 +271,7 @@ where
         Ok(())
     }
 
-    async fn read(&mut self, io: &mut Io<'_, W>, message: M) -> Result<()> {
+    async fn read(&mut self, io: &mut ConnectionIo<'_, W>, message: M) -> Result<()> {
         let OffloadState::Running { queue, .. } = &self.state else {
             return Err(Error::closed());
         };
@@ -286,7 +289,7 @@ where
         }
     }
 
-    async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
+    async fn user_event(&mut self, io: &mut ConnectionIo<'_, W>, event: &Event) -> Result<()> {
         let OffloadState::Running { queue, .. } = &self.state else {
             return Ok(());
         };
@@ -307,7 +310,7 @@ where
         Ok(())
     }
 
-    async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn inactive(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         let state = std::mem::replace(&mut self.state, OffloadState::Finished);
         match state {
             OffloadState::Running { queue, drainer } => {
@@ -345,7 +348,7 @@ where
         }
     }
 
-    async fn drain(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn drain(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         let OffloadState::Running { queue, .. } = &self.state else {
             return Ok(());
         };
@@ -366,7 +369,7 @@ where
         self.executor.inner.queue_capacity
     }
 
-    async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {
+    async fn error(&mut self, _io: &mut ConnectionIo<'_, W>, _error: &Error) {
         // Errors are reported to the segment where they happen; the executor's segment
         // learns that the connection is closing through `inactive`.
     }
@@ -502,7 +505,7 @@ where
     M: Send + 'static,
     W: MessageSize + Send + 'static,
 {
-    let mut io = Io::queued(channel);
+    let mut io = ConnectionIo::queued(channel);
     let result = match step {
         Step::Active => segment.active(&mut io).await,
         Step::Item(Item::Read(message)) => segment.read(&mut io, message).await,

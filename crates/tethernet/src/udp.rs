@@ -57,7 +57,7 @@ use crate::channel::Channel;
 use crate::connection::{channel_for, ClosedGuard, ConnectionConfig};
 use crate::error::{Error, Result};
 use crate::frame::{DecodeScope, ReadAllocation};
-use crate::pipeline::context::{DirectSink, Io};
+use crate::pipeline::context::{ConnectionIo, DirectSink};
 use crate::pipeline::{Pipeline, PipelineCodec, Stage};
 use crate::queue::ByteReceiver;
 use crate::size::MessageSize;
@@ -317,10 +317,13 @@ async fn run<C, S, W>(
     if let Err(error) = &outcome {
         tracing::warn!(socket = %channel.local_addr(), %error, "UDP socket failed");
         stages
-            .error(&mut Io::direct(&channel, &mut sink), error)
+            .error(&mut ConnectionIo::direct(&channel, &mut sink), error)
             .await;
     }
-    if let Err(error) = stages.inactive(&mut Io::direct(&channel, &mut sink)).await {
+    if let Err(error) = stages
+        .inactive(&mut ConnectionIo::direct(&channel, &mut sink))
+        .await
+    {
         tracing::debug!(%error, "a handler failed while the UDP socket closed");
     }
     let tether = &channel.shared.tether;
@@ -356,7 +359,9 @@ where
     C: Clone + Send + 'static,
 {
     let stats = sink.stats;
-    stages.active(&mut Io::direct(channel, sink)).await?;
+    stages
+        .active(&mut ConnectionIo::direct(channel, sink))
+        .await?;
     let mut close_waker: Option<std::task::Waker> = None;
     loop {
         let under_watermark = !sink.is_over_high_watermark();
@@ -463,7 +468,9 @@ where
         match decoded {
             Ok(Some(message)) => {
                 sink.stats.count_read(1);
-                stages.read(&mut Io::direct(channel, sink), message).await?;
+                stages
+                    .read(&mut ConnectionIo::direct(channel, sink), message)
+                    .await?;
             }
             Ok(None) => return Ok(()),
             Err(error) => {

@@ -8,7 +8,7 @@ use super::write::Writer;
 use super::{ConnectionConfig, Socket};
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::context::Io;
+use crate::pipeline::context::ConnectionIo;
 use crate::pipeline::{ChannelEvent, Event, PipelineCodec, Stage};
 use crate::size::MessageSize;
 
@@ -30,7 +30,7 @@ pub(super) async fn drain<T, C, S, W>(
 {
     let deadline = Instant::now() + config.close_timeout;
     let drained = {
-        let mut io = Io::direct(channel, writer);
+        let mut io = ConnectionIo::direct(channel, writer);
         tokio::time::timeout_at(deadline, stages.drain(&mut io)).await
     };
     match drained {
@@ -83,19 +83,24 @@ pub(super) async fn close<T, C, S, W>(
             }
         }
         if !error.is_closed() {
-            stages.error(&mut Io::direct(channel, writer), error).await;
+            stages
+                .error(&mut ConnectionIo::direct(channel, writer), error)
+                .await;
         }
     }
     if channel.shared.shutting_down() {
         let event = Event::new(ChannelEvent::ShutdownRequested);
         if let Err(error) = stages
-            .user_event(&mut Io::direct(channel, writer), &event)
+            .user_event(&mut ConnectionIo::direct(channel, writer), &event)
             .await
         {
             tracing::debug!(channel = %channel.id(), %error, "a handler failed on the shutdown event");
         }
     }
-    if let Err(error) = stages.inactive(&mut Io::direct(channel, writer)).await {
+    if let Err(error) = stages
+        .inactive(&mut ConnectionIo::direct(channel, writer))
+        .await
+    {
         tracing::debug!(channel = %channel.id(), %error, "a handler failed while the connection closed");
     }
     // What the connection owns goes with it: tasks are cancelled and awaited, tethered

@@ -12,7 +12,7 @@ use super::write::Writer;
 use super::{ConnectionConfig, End, Socket};
 use crate::channel::Channel;
 use crate::error::{Error, Result};
-use crate::pipeline::context::{DirectSink, Io};
+use crate::pipeline::context::{ConnectionIo, DirectSink};
 use crate::pipeline::{ChannelEvent, Event, PipelineCodec, Stage};
 use crate::size::MessageSize;
 
@@ -50,7 +50,7 @@ where
         let mut frame_timer = config.frame_timeout.map(FrameTimer::new);
         // The waker registered for close requests; re-registered only if it changes.
         let mut close_waker: Option<std::task::Waker> = None;
-        Box::pin(stages.active(&mut Io::direct(channel, writer))).await?;
+        Box::pin(stages.active(&mut ConnectionIo::direct(channel, writer))).await?;
         // Frames read before a wake-up of this loop: none at first.
         let mut frames = 0;
         loop {
@@ -70,7 +70,8 @@ where
             }
             if let Some(writable) = writer.writability_change(&channel.shared.writable) {
                 let event = Event::new(ChannelEvent::WritabilityChanged { writable });
-                Box::pin(stages.user_event(&mut Io::direct(channel, writer), &event)).await?;
+                Box::pin(stages.user_event(&mut ConnectionIo::direct(channel, writer), &event))
+                    .await?;
             }
 
             // Wait for the next thing to do. Polling readiness directly (rather than
@@ -133,8 +134,11 @@ where
                     if let Some(timer) = idle.as_mut() {
                         for state in timer.due(Instant::now()).into_iter().flatten() {
                             let event = Event::new(ChannelEvent::Idle(state));
-                            Box::pin(stages.user_event(&mut Io::direct(channel, writer), &event))
-                                .await?;
+                            Box::pin(
+                                stages
+                                    .user_event(&mut ConnectionIo::direct(channel, writer), &event),
+                            )
+                            .await?;
                         }
                     }
                 }
@@ -194,7 +198,10 @@ where
         match decoded {
             Ok(Some(frame)) => {
                 frames += 1;
-                if let Err(error) = stages.read(&mut Io::direct(channel, writer), frame).await {
+                if let Err(error) = stages
+                    .read(&mut ConnectionIo::direct(channel, writer), frame)
+                    .await
+                {
                     break Some(End::Failed(error));
                 }
             }

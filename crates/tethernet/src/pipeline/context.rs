@@ -42,29 +42,32 @@ pub(crate) enum Sink<'a, W> {
     Queued,
 }
 
-/// What the framework hands down the chain of stages for one event.
-pub struct Io<'a, W> {
+/// The connection as a stage reaches it during one event: its [`Channel`], and where
+/// writes go (straight into the write buffer on the connection's I/O thread, through the
+/// bounded outbound queue anywhere else). Made by the framework and handed down the chain
+/// of stages; application code sees it only through [`Context`].
+pub struct ConnectionIo<'a, W> {
     pub(crate) channel: &'a Channel<W>,
     pub(crate) sink: Sink<'a, W>,
 }
 
-impl<'a, W> Io<'a, W> {
+impl<'a, W> ConnectionIo<'a, W> {
     pub(crate) fn direct(channel: &'a Channel<W>, sink: &'a mut dyn DirectSink<W>) -> Self {
-        Io {
+        ConnectionIo {
             channel,
             sink: Sink::Direct(sink),
         }
     }
 
     pub(crate) fn queued(channel: &'a Channel<W>) -> Self {
-        Io {
+        ConnectionIo {
             channel,
             sink: Sink::Queued,
         }
     }
 
-    pub(crate) fn reborrow(&mut self) -> Io<'_, W> {
-        Io {
+    pub(crate) fn reborrow(&mut self) -> ConnectionIo<'_, W> {
+        ConnectionIo {
             channel: self.channel,
             sink: match &mut self.sink {
                 Sink::Direct(sink) => Sink::Direct(&mut **sink),
@@ -76,13 +79,13 @@ impl<'a, W> Io<'a, W> {
     /// Waits for `future`; on the I/O thread, keeps serving the outbound side meanwhile
     /// (a business executor blocked on a full outbound queue must be able to make progress
     /// while this connection waits for room in that executor's inbound queue). Gives up
-    /// with [`Error::closed()`] once a close is asked for: a peer that stopped reading must
+    /// with [`Error::closed`] once a close is asked for: a peer that stopped reading must
     /// not hold a closing connection.
     pub(crate) async fn wait_for<F: Future>(&mut self, future: F) -> Result<F::Output> {
         self.wait(future, true).await
     }
 
-    /// Like [`Io::wait_for`], but also while closing: for the close path itself, which
+    /// Like [`ConnectionIo::wait_for`], but also while closing: for the close path itself, which
     /// bounds the wait with the close timeout.
     pub(crate) async fn serve_outbound_while<F: Future>(&mut self, future: F) -> Result<F::Output> {
         self.wait(future, false).await
@@ -225,7 +228,7 @@ impl<N> Fired<N> {
 /// rest are dropped.
 pub(crate) async fn pass_on<M, W, S>(
     next: &mut S,
-    io: &mut Io<'_, W>,
+    io: &mut ConnectionIo<'_, W>,
     fired: &mut Fired<M>,
 ) -> Result<()>
 where
@@ -269,7 +272,7 @@ pub(crate) trait Down<N, W>: Send {
     /// Hands on what is waiting.
     fn pass_on<'a, 'b: 'a>(
         &'a mut self,
-        io: &'a mut Io<'b, W>,
+        io: &'a mut ConnectionIo<'b, W>,
     ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 }
 
@@ -289,7 +292,7 @@ where
 
     fn pass_on<'a, 'b: 'a>(
         &'a mut self,
-        io: &'a mut Io<'b, W>,
+        io: &'a mut ConnectionIo<'b, W>,
     ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
         Box::pin(pass_on(&mut self.next, io, &mut self.fired))
     }
@@ -300,12 +303,12 @@ where
 ///
 /// `N` is the message type of the next stage, `W` the pipeline's outbound type.
 pub struct Context<'a, N, W> {
-    io: Io<'a, W>,
+    io: ConnectionIo<'a, W>,
     down: &'a mut dyn Down<N, W>,
 }
 
 impl<'a, N, W> Context<'a, N, W> {
-    pub(crate) fn new(io: Io<'a, W>, down: &'a mut dyn Down<N, W>) -> Self {
+    pub(crate) fn new(io: ConnectionIo<'a, W>, down: &'a mut dyn Down<N, W>) -> Self {
         Context { io, down }
     }
 

@@ -10,29 +10,44 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use crate::error::{Error, Result};
-use crate::pipeline::context::{pass_on, Context, Downstream, Fired, Io};
+use crate::pipeline::context::{pass_on, ConnectionIo, Context, Downstream, Fired};
 use crate::pipeline::{Event, Handler};
 
-/// One link of a built pipeline. Implemented by the framework's nodes; application code
-/// implements [`Handler`] instead.
-pub trait Stage<In, W>: Send + 'static {
+/// One link of a built pipeline: what `impl Stage<..>` names in the type of a pipeline a
+/// function returns. Application code implements [`Handler`] instead.
+///
+/// Sealed: only the framework's nodes implement it ([`Node`], [`Tail`] and the executor's
+/// [`Offload`](crate::executor::Offload)), because the guarantees rest on every stage
+/// keeping them: a message is handed on only when the next stage has room (its
+/// [`capacity`](Stage::capacity)), in order, charged while it waits, and `drain` finishes
+/// the work handed to executors before a half-closed connection closes.
+pub trait Stage<In, W>: sealed::Sealed + Send + 'static {
     /// Delivers a message.
-    fn read(&mut self, io: &mut Io<'_, W>, message: In) -> impl Future<Output = Result<()>> + Send;
+    fn read(
+        &mut self,
+        io: &mut ConnectionIo<'_, W>,
+        message: In,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// The connection is active.
-    fn active(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    fn active(&mut self, io: &mut ConnectionIo<'_, W>) -> impl Future<Output = Result<()>> + Send;
     /// The connection is closing.
-    fn inactive(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    fn inactive(&mut self, io: &mut ConnectionIo<'_, W>)
+        -> impl Future<Output = Result<()>> + Send;
     /// A user event.
     fn user_event(
         &mut self,
-        io: &mut Io<'_, W>,
+        io: &mut ConnectionIo<'_, W>,
         event: &Event,
     ) -> impl Future<Output = Result<()>> + Send;
     /// An error; every handler sees it.
-    fn error(&mut self, io: &mut Io<'_, W>, error: &Error) -> impl Future<Output = ()> + Send;
+    fn error(
+        &mut self,
+        io: &mut ConnectionIo<'_, W>,
+        error: &Error,
+    ) -> impl Future<Output = ()> + Send;
     /// Completes once the work handed to business executors so far has run (after the
     /// peer's end of stream, before the close).
-    fn drain(&mut self, io: &mut Io<'_, W>) -> impl Future<Output = Result<()>> + Send;
+    fn drain(&mut self, io: &mut ConnectionIo<'_, W>) -> impl Future<Output = Result<()>> + Send;
     /// Bytes of messages a previous handler may fire for this stage before they are
     /// handed over during its call ([`Context::fire_read`](crate::Context::fire_read)).
     fn capacity(&self) -> usize {
@@ -44,34 +59,52 @@ pub trait Stage<In, W>: Send + 'static {
 /// otherwise (an executor: its queue cap).
 pub(crate) const DEFAULT_FIRE_CAPACITY: usize = 64 * 1024;
 
-/// Adds a stage at the end of a chain (type-level list append).
-pub trait Append<X> {
+/// Adds a stage at the end of a chain (type-level list append), as
+/// [`PipelineBuilder`](crate::PipelineBuilder) grows a pipeline. Sealed, for the reason
+/// [`Stage`] is.
+pub trait Append<X>: sealed::Sealed {
     /// The chain with `X` at its end.
     type Output;
     /// Appends `x`.
     fn append(self, x: X) -> Self::Output;
 }
 
-/// The end of a chain: messages that reach it are dropped.
+/// Keeps [`Stage`] and [`Append`] to the framework's own nodes.
+pub(crate) mod sealed {
+    /// Implemented by the framework's nodes only.
+    pub trait Sealed {}
+}
+
+impl sealed::Sealed for Tail {}
+impl<H, In, W, N> sealed::Sealed for Node<H, In, W, N>
+where
+    H: Handler<In, W>,
+    In: Send + 'static,
+    W: Send + 'static,
+{
+}
+
+/// The end of a chain: messages that reach it are dropped. Appears in the types of
+/// pipelines; built by [`Pipeline::builder`](crate::Pipeline::builder).
 #[derive(Debug, Default)]
 pub struct Tail;
 
 impl<M: Send + 'static, W: Send + 'static> Stage<M, W> for Tail {
-    async fn read(&mut self, io: &mut Io<'_, W>, _message: M) -> Result<()> {
+    async fn read(&mut self, io: &mut ConnectionIo<'_, W>, _message: M) -> Result<()> {
         tracing::trace!(channel = %io.channel.id(), "a message reached the end of the pipeline and was dropped");
         Ok(())
     }
-    async fn active(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+    async fn active(&mut self, _io: &mut ConnectionIo<'_, W>) -> Result<()> {
         Ok(())
     }
-    async fn inactive(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+    async fn inactive(&mut self, _io: &mut ConnectionIo<'_, W>) -> Result<()> {
         Ok(())
     }
-    async fn user_event(&mut self, _io: &mut Io<'_, W>, _event: &Event) -> Result<()> {
+    async fn user_event(&mut self, _io: &mut ConnectionIo<'_, W>, _event: &Event) -> Result<()> {
         Ok(())
     }
-    async fn error(&mut self, _io: &mut Io<'_, W>, _error: &Error) {}
-    async fn drain(&mut self, _io: &mut Io<'_, W>) -> Result<()> {
+    async fn error(&mut self, _io: &mut ConnectionIo<'_, W>, _error: &Error) {}
+    async fn drain(&mut self, _io: &mut ConnectionIo<'_, W>) -> Result<()> {
         Ok(())
     }
 }
@@ -83,7 +116,8 @@ impl<X> Append<X> for Tail {
     }
 }
 
-/// A handler and the rest of the chain after it.
+/// A handler and the rest of the chain after it. Appears in the types of pipelines; built
+/// by [`PipelineBuilder::handler`](crate::PipelineBuilder::handler).
 pub struct Node<H, In, W, N>
 where
     H: Handler<In, W>,
@@ -126,7 +160,7 @@ where
     N: Stage<H::Next, W>,
 {
     /// Hands what the handler fired to the next stage, in order.
-    async fn deliver(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn deliver(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         if self.down.fired.is_empty() {
             return Ok(());
         }
@@ -153,7 +187,11 @@ where
     // keeps its arguments twice in its state, and this future is moved (copied) into its
     // caller's state once per message.
     #[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice
-    fn read(&mut self, io: &mut Io<'_, W>, message: In) -> impl Future<Output = Result<()>> + Send {
+    fn read(
+        &mut self,
+        io: &mut ConnectionIo<'_, W>,
+        message: In,
+    ) -> impl Future<Output = Result<()>> + Send {
         async move {
             // A frame remembers the last handler it was handed to, for leak reports.
             crate::frame::touch(&message, self.name_id);
@@ -177,7 +215,7 @@ where
         }
     }
 
-    async fn active(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn active(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.down);
         crate::panics::named(
             Self::name(),
@@ -190,7 +228,7 @@ where
         self.deliver(io).await
     }
 
-    async fn inactive(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn inactive(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.down);
         let result = crate::panics::named(
             Self::name(),
@@ -205,7 +243,7 @@ where
         result.map_err(|e| tag(e, Self::name())).and(next)
     }
 
-    async fn user_event(&mut self, io: &mut Io<'_, W>, event: &Event) -> Result<()> {
+    async fn user_event(&mut self, io: &mut ConnectionIo<'_, W>, event: &Event) -> Result<()> {
         let mut ctx = Context::new(io.reborrow(), &mut self.down);
         crate::panics::named(
             Self::name(),
@@ -218,7 +256,7 @@ where
         self.down.next.user_event(io, event).await
     }
 
-    async fn error(&mut self, io: &mut Io<'_, W>, error: &Error) {
+    async fn error(&mut self, io: &mut ConnectionIo<'_, W>, error: &Error) {
         let mut ctx = Context::new(io.reborrow(), &mut self.down);
         if let Err(failure) = crate::panics::named(
             Self::name(),
@@ -233,7 +271,7 @@ where
         self.down.next.error(io, error).await
     }
 
-    async fn drain(&mut self, io: &mut Io<'_, W>) -> Result<()> {
+    async fn drain(&mut self, io: &mut ConnectionIo<'_, W>) -> Result<()> {
         // Handlers on this thread have finished their calls; what they fired was handed
         // on. Only later executors can hold work.
         self.down.next.drain(io).await
