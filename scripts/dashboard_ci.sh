@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# The dashboard, checked end to end: starts the echo example with its admin server,
+# The dashboard, checked end to end: starts the misbehave example with its admin server,
 # puts load on it (connections, leaked frames, blocked event loops, all on purpose),
 # and runs scripts/dashboard_check.sh against it in headless Chromium.
 #
-# Usage: scripts/dashboard_ci.sh ECHO_BINARY [SCREENSHOT.png]
+# Usage: scripts/dashboard_ci.sh MISBEHAVE_BINARY [SCREENSHOT.png]
 # Loopback only; stops the server it started, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo_bin="${1:?usage: $0 ECHO_BINARY [SCREENSHOT.png]}"
+server_bin="${1:?usage: $0 MISBEHAVE_BINARY (target/debug/examples/misbehave) [SCREENSHOT.png]}"
 screenshot="${2:-}"
 port="${DASHBOARD_ECHO_PORT:-17907}"
 admin_port="${DASHBOARD_ADMIN_PORT:-19907}"
 
-TETHERNET_LEAK_DETECTION=paranoid "$echo_bin" --listen "127.0.0.1:$port" \
+TETHERNET_LEAK_DETECTION=paranoid "$server_bin" --listen "127.0.0.1:$port" \
     --admin "127.0.0.1:$admin_port" --leak-every 40 --block-every 400 --spawn-every 100 \
     >/tmp/tethernet-dashboard-echo.log 2>&1 &
 server=$!

@@ -284,10 +284,6 @@ fn framework_spec(
         &threads.to_string(),
         "--max-frame",
         &max_frame.to_string(),
-        "--offload",
-        "none",
-        "--jitter-us",
-        "0",
     ]
     .map(String::from)
     .to_vec();
