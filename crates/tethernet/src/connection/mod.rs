@@ -162,18 +162,6 @@ where
 {
     async move {
         // Declared before the socket so that it runs last, after the socket is closed.
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            eprintln!(
-                "PROBE pipeline {} codec {} stages {} tcp {} reader {} writer {}",
-                std::mem::size_of::<Pipeline<C, S, W>>(),
-                std::mem::size_of::<C>(),
-                std::mem::size_of::<S>(),
-                std::mem::size_of::<TcpStream>(),
-                std::mem::size_of::<Reader<'static>>(),
-                std::mem::size_of::<Writer<'static, TcpStream, C, W>>()
-            )
-        });
         let _closed = ClosedGuard::new(&channel.shared);
         let _ = stream.set_nodelay(config.nodelay);
         // Reads go through the read half's `AsyncRead`, which clears readiness after a short
