@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  Server / Client ──▶ event loop ──▶ connection task ──▶ codec ──▶ pipeline stages ──▶ executors
-//!   (server.rs,        (event_loop.rs) (connection.rs)    (codec/)   (pipeline/)         (executor.rs)
+//!   (server.rs,        (event_loop.rs) (connection/)      (codec/)   (pipeline/)         (executor.rs)
 //!    client.rs)
 //!
 //!  socket ◀── write buffer ◀── codec.encode ◀── ctx.write on the I/O thread
