@@ -62,6 +62,31 @@ fn bytes(channel: &Channel<Frame>, kind: MemoryKind) -> usize {
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<Channel<Frame>>>>);
 
+/// Serves the handler `make` builds (on one event loop), sends `frames` 64-byte frames on
+/// one connection, checks each is answered "ok", and returns the server, the client, the
+/// connection's handle and the handles the handler recorded.
+async fn answered_ok<H>(
+    make: fn(Seen) -> H,
+    frames: usize,
+) -> (TestServer, TcpStream, Channel<Frame>, Seen)
+where
+    H: Handler<Frame, Frame, Next = Frame>,
+{
+    let seen = Seen::default();
+    let handler_seen = seen.clone();
+    let server = serve(default_server().io_threads(1), move || {
+        make(handler_seen.clone())
+    })
+    .await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    for _ in 0..frames {
+        client.write_all(&frame(&[7u8; 64])).await.unwrap();
+        assert_eq!(read_frame(&mut client).await.unwrap(), b"ok");
+    }
+    let channel = seen.wait().await;
+    (server, client, channel, seen)
+}
+
 impl Seen {
     fn record(&self, channel: &Channel<Frame>) {
         self.0.lock().unwrap().push(channel.clone());
@@ -111,18 +136,7 @@ impl Handler<Frame, Frame> for TaskRun {
 #[tokio::test]
 async fn the_dotnetty_task_run_bug_is_counted_attributed_and_reported() {
     setup();
-    let seen = Seen::default();
-    let handler_seen = seen.clone();
-    let server = serve(default_server().io_threads(1), move || {
-        TaskRun(handler_seen.clone())
-    })
-    .await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
-    for _ in 0..500 {
-        client.write_all(&frame(&[7u8; 64])).await.unwrap();
-        assert_eq!(read_frame(&mut client).await.unwrap(), b"ok");
-    }
-    let channel = seen.wait().await;
+    let (server, client, channel, seen) = answered_ok(TaskRun, 500).await;
     let id = channel.id();
     // Counted and attributed while the connection is open (when the poll that ran the
     // handler ends, which may be just after the client has its last reply).
@@ -191,18 +205,7 @@ impl Handler<Frame, Frame> for OwnedWork {
 #[tokio::test]
 async fn owned_tasks_are_neither_unowned_nor_reported() {
     setup();
-    let seen = Seen::default();
-    let handler_seen = seen.clone();
-    let server = serve(default_server().io_threads(1), move || {
-        OwnedWork(handler_seen.clone())
-    })
-    .await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
-    for _ in 0..100 {
-        client.write_all(&frame(&[7u8; 64])).await.unwrap();
-        assert_eq!(read_frame(&mut client).await.unwrap(), b"ok");
-    }
-    let channel = seen.wait().await;
+    let (server, client, channel, seen) = answered_ok(OwnedWork, 100).await;
     let id = channel.id();
     assert_eq!(channel.info().unowned_tasks_started, 0);
     assert_eq!(channel.owned().0, 100);
