@@ -553,16 +553,20 @@ pub async fn run(config: Config) -> std::io::Result<Report> {
     } else if config.scenario == Scenario::Idle {
         let mut held = Vec::new();
         for index in 0..config.clients {
-            match connect(&config, index).await {
-                Ok(mut stream) => {
-                    let (bytes, replies) = exchange(config.protocol, &token, "soak-idle", 1);
-                    if stream.write_all(&bytes).await.is_ok() {
-                        for _ in 0..replies {
-                            let _ = read_frame(&mut stream).await;
-                        }
-                    }
-                    held.push(stream);
+            // Only connections that completed their exchange are held and counted: one the
+            // server refused (a per-address cap, say) would otherwise make the figure per
+            // connection look smaller than it is.
+            let answered = async {
+                let mut stream = connect(&config, index).await?;
+                let (bytes, replies) = exchange(config.protocol, &token, "soak-idle", 1);
+                stream.write_all(&bytes).await?;
+                for _ in 0..replies {
+                    read_frame(&mut stream).await?;
                 }
+                std::io::Result::Ok(stream)
+            };
+            match answered.await {
+                Ok(stream) => held.push(stream),
                 Err(_) => {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
                 }
