@@ -101,6 +101,9 @@ pub(crate) struct ChannelShared {
     /// Live [`Channel`] values (the connection task's own included): handles held after
     /// the close are reported ([`crate::leak`]).
     pub(crate) handles: AtomicUsize,
+    /// The server the connection belongs to (0: none), to find its connections in the
+    /// registry of live connections when it shuts down.
+    pub(crate) server: u64,
     /// The per-connection memory budget, all kinds together: a write that would wait for
     /// room past it fails with an error of kind [`ErrorKind::Limit`](crate::ErrorKind::Limit).
     pub(crate) budget: usize,

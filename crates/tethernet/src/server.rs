@@ -5,14 +5,13 @@ use std::future::{pending, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::channel::{ChannelId, ChannelShared};
 use crate::connection::{self, ConnectionConfig};
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoopGroup;
@@ -208,10 +207,12 @@ impl ServerBuilder {
                         Some(group) => group,
                         None => EventLoopGroup::new("tethernet-io", self.io_threads)?,
                     };
+                    let mut config = self.config;
+                    config.server = Some(crate::connection::ServerState::new());
                     return Ok(Server {
                         listener,
                         group,
-                        config: Arc::new(self.config),
+                        config: Arc::new(config),
                         slots: Arc::new(Semaphore::new(self.max_connections)),
                         max_connections: self.max_connections,
                         per_address: Arc::new(AddressSlots::new(self.max_connections_per_address)),
@@ -313,7 +314,6 @@ impl Server {
         W: MessageSize + Send + 'static,
     {
         let pipeline = Arc::new(pipeline);
-        let registry = Arc::new(Registry::default());
         // Every connection task is owned here; none is detached.
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
@@ -350,7 +350,7 @@ impl Server {
                             drop(stream);
                             continue;
                         };
-                        if let Err(error) = self.start(stream, (permit, address_slot), &pipeline, &registry, &mut connections) {
+                        if let Err(error) = self.start(stream, (permit, address_slot), &pipeline, &mut connections) {
                             tracing::debug!(%error, "could not hand an accepted connection to an event loop");
                         }
                     }
@@ -365,7 +365,11 @@ impl Server {
             }
         }
         drop(self.listener);
-        registry.close_all();
+        // Every connection of this server is asked to close, and any that registers from
+        // now on (one accepted but not yet running) closes at once.
+        if let Some(server) = &self.config.server {
+            server.shut_down();
+        }
         while let Some(finished) = connections.join_next().await {
             report(finished);
         }
@@ -382,7 +386,6 @@ impl Server {
         stream: TcpStream,
         permit: (OwnedSemaphorePermit, AddressSlot),
         pipeline: &Arc<F>,
-        registry: &Arc<Registry>,
         connections: &mut JoinSet<()>,
     ) -> io::Result<()>
     where
@@ -394,7 +397,6 @@ impl Server {
         // The socket moves to its event loop's reactor.
         let stream = stream.into_std()?;
         let pipeline = pipeline.clone();
-        let registry = registry.clone();
         let config = self.config.clone();
         #[cfg(feature = "tls")]
         let tls = self.tls.clone();
@@ -417,7 +419,6 @@ impl Server {
                     return;
                 }
             };
-            let _registered = registry.register(&channel.shared);
             // A TLS connection's handshake and session live in a box of their own, so
             // that plain TCP connections do not pay for their layout in every task.
             #[cfg(feature = "tls")]
@@ -441,67 +442,6 @@ impl Server {
         drop(shared);
         connections.spawn_on(fut, handle);
         Ok(())
-    }
-}
-
-/// The server's live connections, so that shutdown can ask each of them to close.
-#[derive(Default)]
-struct Registry {
-    inner: Mutex<RegistryInner>,
-}
-
-#[derive(Default)]
-struct RegistryInner {
-    connections: HashMap<ChannelId, Weak<ChannelShared>>,
-    /// Set at shutdown: connections registering afterwards are closed at once.
-    closed: bool,
-}
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Adds a connection until the returned guard is dropped.
-    fn register(self: &Arc<Self>, shared: &Arc<ChannelShared>) -> Registered {
-        let mut inner = self.lock();
-        if inner.closed {
-            shared.request_shutdown();
-        }
-        inner.connections.insert(shared.id, Arc::downgrade(shared));
-        Registered {
-            registry: self.clone(),
-            id: shared.id,
-        }
-    }
-
-    fn close_all(&self) {
-        let connections: Vec<_> = {
-            let mut inner = self.lock();
-            inner.closed = true;
-            inner
-                .connections
-                .values()
-                .filter_map(Weak::upgrade)
-                .collect()
-        };
-        for shared in connections {
-            shared.request_shutdown();
-        }
-    }
-}
-
-/// Removes a connection from the registry when its task ends (also on panic).
-struct Registered {
-    registry: Arc<Registry>,
-    id: ChannelId,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.registry.lock().connections.remove(&self.id);
     }
 }
 

@@ -420,6 +420,23 @@ pub(crate) fn unregister(shared: &ChannelShared) {
     global().connections.sub(1);
 }
 
+/// The live connections of one server (for its shutdown).
+pub(crate) fn live_of_server(server: u64) -> Vec<Arc<ChannelShared>> {
+    let mut found = Vec::new();
+    for shard in &live().shards {
+        let shard = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        found.extend(
+            shard
+                .values()
+                .filter_map(Weak::upgrade)
+                .filter(|shared| shared.server == server),
+        );
+    }
+    found
+}
+
 /// The live connections, holding the most bytes first; at most `limit` of them.
 ///
 /// A scan of every connection: meant for debugging endpoints, not for metrics scrapes

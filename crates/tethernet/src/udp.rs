@@ -292,7 +292,7 @@ async fn run<C, S, W>(
     W: MessageSize + Send + 'static,
     C: Clone + Send + 'static,
 {
-    let _closed = ClosedGuard::new(&channel.shared);
+    let _closed = ClosedGuard::new(&channel.shared, &config);
     let Pipeline {
         codec, mut stages, ..
     } = pipeline;

@@ -79,6 +79,39 @@ pub(crate) struct ConnectionConfig {
     pub(crate) frame_timeout: Option<Duration>,
     /// The memory budget of one connection, all kinds together.
     pub(crate) max_connection_memory: usize,
+    /// The server the connections belong to, if any (clients and UDP endpoints: none).
+    pub(crate) server: Option<Arc<ServerState>>,
+}
+
+/// What a server's connections share with it: its identity in the registry of live
+/// connections ([`crate::stats`]) and whether it is shutting down.
+#[derive(Debug)]
+pub(crate) struct ServerState {
+    pub(crate) id: u64,
+    /// Set once the server shuts down: a connection that registers afterwards is asked to
+    /// close at once (see [`ClosedGuard::new`]).
+    pub(crate) closing: AtomicBool,
+}
+
+impl ServerState {
+    pub(crate) fn new() -> Arc<ServerState> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(ServerState {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks every connection of this server to close, and those still to come.
+    pub(crate) fn shut_down(&self) {
+        // SeqCst here and in `ClosedGuard::new`: either the scan below sees a connection
+        // registered concurrently, or that connection sees the flag.
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for shared in crate::stats::live_of_server(self.id) {
+            shared.request_shutdown();
+        }
+    }
 }
 
 /// Default per-connection memory budget.
@@ -98,6 +131,7 @@ impl Default for ConnectionConfig {
             idle: None,
             frame_timeout: None,
             max_connection_memory: DEFAULT_CONNECTION_MEMORY,
+            server: None,
         }
     }
 }
@@ -140,6 +174,7 @@ pub(crate) fn channel_for<W>(
         close_waker: Mutex::new(None),
         closed: Default::default(),
         handles: AtomicUsize::new(1),
+        server: config.server.as_ref().map_or(0, |server| server.id),
         budget: config.max_connection_memory,
         task_bytes: AtomicUsize::new(0),
     });
@@ -162,7 +197,7 @@ where
 {
     async move {
         // Declared before the socket so that it runs last, after the socket is closed.
-        let _closed = ClosedGuard::new(&channel.shared);
+        let _closed = ClosedGuard::new(&channel.shared, &config);
         let _ = stream.set_nodelay(config.nodelay);
         // Reads go through the read half's `AsyncRead`, which clears readiness after a short
         // read (the socket is drained) and so saves a failing `recv` per batch; everything
@@ -195,7 +230,7 @@ pub(crate) async fn run_tls<C, S, W>(
     S: Stage<C::Item, W>,
     W: MessageSize + Send + 'static,
 {
-    let _closed = ClosedGuard::new(&channel.shared);
+    let _closed = ClosedGuard::new(&channel.shared, &config);
     let socket = crate::tls::TlsSocket::new(stream);
     let mut read_half = socket.read_half();
     serve(
@@ -330,9 +365,20 @@ where
 pub(crate) struct ClosedGuard<'a>(&'a Arc<ChannelShared>);
 
 impl<'a> ClosedGuard<'a> {
-    /// Counts and lists the connection as open until the guard is dropped.
-    pub(crate) fn new(shared: &'a Arc<ChannelShared>) -> ClosedGuard<'a> {
+    /// Counts and lists the connection as open until the guard is dropped. A connection
+    /// of a server that is already shutting down is asked to close at once.
+    pub(crate) fn new(
+        shared: &'a Arc<ChannelShared>,
+        config: &ConnectionConfig,
+    ) -> ClosedGuard<'a> {
         crate::stats::register(shared);
+        let closing = config
+            .server
+            .as_ref()
+            .is_some_and(|server| server.closing.load(std::sync::atomic::Ordering::SeqCst));
+        if closing {
+            shared.request_shutdown();
+        }
         ClosedGuard(shared)
     }
 }
