@@ -410,8 +410,9 @@ impl Server {
         };
         let shared = channel.shared.clone();
         let task = async move {
-            // Held for the connection's life: its slots under the connection caps.
-            let _slots = permit;
+            // Held for the connection's life: its slots under the connection caps. Borrowed,
+            // not moved into a local: a moved capture would take room twice in the task.
+            let _slots = &permit;
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {

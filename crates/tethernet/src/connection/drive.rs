@@ -46,8 +46,11 @@ where
         let mut idle = config
             .idle
             .map(|timeouts| Box::new(IdleTimer::new(timeouts)));
-        // A deadline for the partial frame held, only when a frame timeout is set.
-        let mut frame_timer = config.frame_timeout.map(FrameTimer::new);
+        // A deadline for the partial frame held, only when a frame timeout is set (boxed,
+        // as the idle timer is).
+        let mut frame_timer = config
+            .frame_timeout
+            .map(|timeout| Box::new(FrameTimer::new(timeout)));
         // The waker registered for close requests; re-registered only if it changes.
         let mut close_waker: Option<std::task::Waker> = None;
         Box::pin(stages.active(&mut ConnectionIo::direct(channel, writer))).await?;
