@@ -84,8 +84,8 @@ fn snapshot() -> Vec<isize> {
         .collect()
 }
 
-/// The most heap an idle echo connection may hold. Measured on 2026-12-07: 2,426 B in a
-/// release build, 2,412 B in a debug one (3,724 B before the issue "Connection core v2";
+/// The most heap an idle echo connection may hold. Measured on 2026-12-07: 2,309 B in a
+/// release build, 2,292 B in a debug one (3,724 B before the issue "Connection core v2";
 /// see BENCHMARKS.md); the bound keeps that gain from creeping back.
 const MAX_IDLE_HEAP: usize = 3072;
 const N: usize = 400;
