@@ -166,9 +166,17 @@ pub const CLOSED_HANDLE_BYTES: usize = 1088;
 impl ChannelShared {
     /// Charges the connection task's memory to the connection.
     pub(crate) fn charge_task(self: &Arc<Self>, bytes: usize) -> TaskCharge {
-        self.stats.meter(MemoryKind::Tasks).add(bytes);
-        self.task_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.add_task_bytes(bytes);
         TaskCharge(self.clone())
+    }
+
+    /// Adds memory the connection task holds until it ends (boxes it made for itself) to
+    /// its task charge, taken back with the rest as the connection is marked closed.
+    pub(crate) fn add_task_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.stats.meter(MemoryKind::Tasks).add(bytes);
+            self.task_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Takes the connection task's charge back (idempotent).

@@ -424,15 +424,19 @@ impl Server {
             // that plain TCP connections do not pay for their layout in every task.
             #[cfg(feature = "tls")]
             if let Some(tls) = tls {
-                Box::pin(async move {
+                let shared = channel.shared.clone();
+                let tls_connection = Box::pin(async move {
                     let _ = stream.set_nodelay(config.nodelay);
                     let peer = channel.peer_addr();
                     let Some(stream) = tls.accept(stream, peer).await else {
                         return;
                     };
                     connection::run_tls(stream, pipeline(), channel, outbound, config).await;
-                })
-                .await;
+                });
+                // Its box is the connection's task memory (given back when it closes).
+                shared.add_task_bytes(std::mem::size_of_val(&*tls_connection));
+                drop(shared);
+                tls_connection.await;
                 return;
             }
             connection::run(stream, pipeline(), channel, outbound, config).await;

@@ -11,8 +11,9 @@
 //!   fixed overhead, and at most 115% of it plus 512 bytes (no kind over-counts).
 //!
 //! Measured on 2026-12-07 (40 connections per scenario, debug build): fixed overhead
-//! 1,542 B; reported / real above it 0.97–0.98 in every scenario (the table is printed
-//! with `--nocapture` and kept in BENCHMARKS.md).
+//! 1,542 B, then 1,308 B after the issue "Connection core v2"; reported / real above it
+//! 0.96–0.98 in every scenario (the table is printed with `--nocapture` and kept in
+//! BENCHMARKS.md).
 //!
 //! Also checked against the allocator: the per-task overhead the framework charges
 //! ([`tethernet::tasks::TASK_OVERHEAD`]) and the memory a handle keeps after its

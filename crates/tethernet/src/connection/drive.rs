@@ -4,12 +4,14 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::task::Poll;
 
-use tokio::time::Instant;
+use std::mem::size_of;
+
+use tokio::time::{Instant, Sleep};
 
 use super::read::Reader;
 use super::timers::{FrameTimer, IdleTimer};
 use super::write::Writer;
-use super::{ConnectionConfig, End, Socket};
+use super::{boxed, ConnectionConfig, End, Socket};
 use crate::channel::Channel;
 use crate::error::{Error, Result};
 use crate::pipeline::context::{ConnectionIo, DirectSink};
@@ -51,9 +53,22 @@ where
         let mut frame_timer = config
             .frame_timeout
             .map(|timeout| Box::new(FrameTimer::new(timeout)));
+        // The timers' boxes are the connection's task memory, until it closes (its
+        // closed guard takes the task charge back).
+        let timers = idle
+            .as_ref()
+            .map_or(0, |_| size_of::<IdleTimer>() + size_of::<Sleep>())
+            + frame_timer
+                .as_ref()
+                .map_or(0, |_| size_of::<FrameTimer>() + size_of::<Sleep>());
+        channel.shared.add_task_bytes(timers);
         // The waker registered for close requests; re-registered only if it changes.
         let mut close_waker: Option<std::task::Waker> = None;
-        Box::pin(stages.active(&mut ConnectionIo::direct(channel, writer))).await?;
+        boxed(
+            channel.stats(),
+            stages.active(&mut ConnectionIo::direct(channel, writer)),
+        )
+        .await?;
         // Frames read before a wake-up of this loop: none at first.
         let mut frames = 0;
         loop {
@@ -73,8 +88,11 @@ where
             }
             if let Some(writable) = writer.writability_change(&channel.shared.writable) {
                 let event = Event::new(ChannelEvent::WritabilityChanged { writable });
-                Box::pin(stages.user_event(&mut ConnectionIo::direct(channel, writer), &event))
-                    .await?;
+                boxed(
+                    channel.stats(),
+                    stages.user_event(&mut ConnectionIo::direct(channel, writer), &event),
+                )
+                .await?;
             }
 
             // Wait for the next thing to do. Polling readiness directly (rather than
@@ -137,7 +155,8 @@ where
                     if let Some(timer) = idle.as_mut() {
                         for state in timer.due(Instant::now()).into_iter().flatten() {
                             let event = Event::new(ChannelEvent::Idle(state));
-                            Box::pin(
+                            boxed(
+                                channel.stats(),
                                 stages
                                     .user_event(&mut ConnectionIo::direct(channel, writer), &event),
                             )
@@ -153,8 +172,11 @@ where
                     // Handling frames takes the handlers' futures, laid out in a box made
                     // for this wake-up and freed after it: the connection task keeps only
                     // what waiting needs, which is what every idle connection costs.
-                    let (handed, end) =
-                        Box::pin(hand_on(end_of_stream, reader, writer, stages, channel)).await;
+                    let (handed, end) = boxed(
+                        channel.stats(),
+                        hand_on(end_of_stream, reader, writer, stages, channel),
+                    )
+                    .await;
                     if let Some(end) = end {
                         return Ok(end);
                     }

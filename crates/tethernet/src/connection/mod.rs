@@ -35,8 +35,10 @@ mod write;
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -245,6 +247,49 @@ pub(crate) async fn run_tls<C, S, W>(
     .await;
 }
 
+pin_project_lite::pin_project! {
+    /// Work of the connection task that lives in a box of its own (handler calls, the
+    /// draining and closing phases), charged to the connection as task memory
+    /// ([`MemoryKind::Tasks`]) while it waits: work that completes within one poll, as most
+    /// handler calls do, is never charged, and idle connections carry none of it (G4).
+    pub(super) struct Charged<'a, F> {
+        #[pin]
+        future: F,
+        stats: &'a ChannelStats,
+        charged: usize,
+    }
+
+    impl<'a, F> PinnedDrop for Charged<'a, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.stats.meter(MemoryKind::Tasks).sub(*this.charged);
+        }
+    }
+}
+
+impl<F: Future> Future for Charged<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let poll = this.future.poll(cx);
+        if poll.is_pending() && *this.charged == 0 {
+            *this.charged = std::mem::size_of::<Self>();
+            this.stats.meter(MemoryKind::Tasks).add(*this.charged);
+        }
+        poll
+    }
+}
+
+/// `future` in a box, charged to the connection while it waits (see [`Charged`]).
+pub(super) fn boxed<'a, F: Future>(stats: &'a ChannelStats, future: F) -> Pin<Box<Charged<'a, F>>> {
+    Box::pin(Charged {
+        future,
+        stats,
+        charged: 0,
+    })
+}
+
 /// Where a connection is in its life. The task goes through the phases in this order,
 /// each at most once.
 enum Phase {
@@ -326,7 +371,7 @@ where
                 Phase::Draining => {
                     let drained = crate::panics::guarded(
                         channel.id(),
-                        Box::pin(async {
+                        boxed(stats, async {
                             close::drain(&mut writer, stages, channel, config).await;
                             Ok(())
                         }),
@@ -337,7 +382,7 @@ where
                 Phase::Closing(outcome) => {
                     let closed = crate::panics::guarded(
                         channel.id(),
-                        Box::pin(async {
+                        boxed(stats, async {
                             close::close(outcome, &mut writer, stages, channel, config).await;
                             Ok(())
                         }),
